@@ -1,0 +1,187 @@
+"""What to capture and how often: save schedules per collection and mode, name filters.
+
+Two kinds of saving per tensor and step: **statistics** (the small per-step summary every rule
+can use) and **values** (the full tensor, for rules that need per-unit or per-class detail).
+The defaults keep capture within its overhead budget (docs/BENCHMARKS.md): statistics of every
+tensor every step, values every ``DEFAULT_VALUE_INTERVAL`` steps plus the first
+``DEFAULT_FIRST_STEPS`` steps of each mode (PoorWeightInitialization needs step 0), and losses,
+labels and predictions (small, needed by the data and loss rules) in full every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._format import COLLECTIONS, MODES
+
+__all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_FIRST_STEPS"]
+
+#: Full values every 50 steps: the benchmark's MLP pays ~5% at this interval (BENCHMARKS.md),
+#: and 20 saved steps per 1,000 are plenty for the activation and weight rules.
+DEFAULT_VALUE_INTERVAL = 50
+#: The first steps of each mode are saved in full: initialization checks look at step 0.
+DEFAULT_FIRST_STEPS = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaveSchedule:
+    """When a tensor is saved, by mode step (the step counter of the current mode).
+
+    A step is saved when any of these holds, and it lies in ``[start, end)``:
+    ``every`` divides it, it is one of the ``first`` steps, or it is listed in ``steps``.
+    ``every=None`` (and ``first=0``, no ``steps``) never saves.
+    """
+
+    every: int | None = 1
+    first: int = 0
+    start: int = 0
+    end: int | None = None
+    steps: tuple[int, ...] = ()
+    modes: tuple[str, ...] = MODES
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"every={self.every!r} is out of range: expected an integer >= 1 or None")
+        if self.first < 0:
+            raise ValueError(f"first={self.first!r} is out of range: expected >= 0")
+        for m in self.modes:
+            if m not in MODES:
+                raise ValueError(f"modes contains {m!r}: expected a subset of {MODES}")
+        object.__setattr__(self, "steps", tuple(sorted(set(int(s) for s in self.steps))))
+
+    def due(self, mode_step: int, mode: str = "train") -> bool:
+        """Whether ``mode_step`` of ``mode`` is saved under this schedule."""
+        if mode not in self.modes or mode_step < self.start:
+            return False
+        if self.end is not None and mode_step >= self.end:
+            return False
+        if mode_step - self.start < self.first:
+            return True
+        if self.every is not None and mode_step % self.every == 0:
+            return True
+        return mode_step in self.steps
+
+    @classmethod
+    def never(cls) -> SaveSchedule:
+        return cls(every=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _default_stats() -> dict[str, SaveSchedule]:
+    return {c: SaveSchedule(every=1) for c in COLLECTIONS}
+
+
+def _default_values() -> dict[str, SaveSchedule]:
+    sampled = SaveSchedule(every=DEFAULT_VALUE_INTERVAL, first=DEFAULT_FIRST_STEPS)
+    every = SaveSchedule(every=1)
+    out = {c: sampled for c in COLLECTIONS}
+    for c in ("losses", "metrics", "labels", "predictions", "updates", "trees", "feature_importance"):
+        out[c] = every
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureConfig:
+    """The capture configuration of a hook. Stored in the run's attributes.
+
+    Args:
+        collections: the collections to capture at all.
+        stats: save schedule of the per-step statistics, per collection.
+        values: save schedule of the full values, per collection.
+        include: regexes; when given, only tensors whose name matches one are captured.
+        exclude: regexes; tensors whose name matches one are not captured.
+        module_types: when given, only modules of these class names are hooked for
+            ``outputs`` / ``activation_inputs`` (e.g. ``("ReLU", "Linear")``).
+        queue_size: steps the background writer may hold before new ones are dropped (and
+            the drop recorded in the run): capture never blocks training for long.
+        flush_steps: write at least every this many queued steps.
+        flush_seconds: and at least this often (seconds), so a live audit sees progress.
+        retries: attempts per write before the steps are recorded as lost.
+        check_stop_every: poll the run's stop marker every this many steps.
+    """
+
+    collections: tuple[str, ...] = COLLECTIONS
+    stats: Mapping[str, SaveSchedule] = field(default_factory=_default_stats)
+    values: Mapping[str, SaveSchedule] = field(default_factory=_default_values)
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    module_types: tuple[str, ...] = ()
+    queue_size: int = 256
+    flush_steps: int = 50
+    flush_seconds: float = 2.0
+    retries: int = 3
+    check_stop_every: int = 10
+
+    def __post_init__(self) -> None:
+        for c in self.collections:
+            if c not in COLLECTIONS:
+                raise ValueError(f"collections contains {c!r}: expected names from {COLLECTIONS}")
+        for label, mapping in (("stats", self.stats), ("values", self.values)):
+            for c in mapping:
+                if c not in COLLECTIONS:
+                    raise ValueError(f"{label} has a schedule for unknown collection {c!r}")
+        for label, value, lo in (("queue_size", self.queue_size, 1), ("flush_steps", self.flush_steps, 1), ("retries", self.retries, 1), ("check_stop_every", self.check_stop_every, 1)):
+            if value < lo:
+                raise ValueError(f"{label}={value!r} is out of range: expected >= {lo}")
+        if self.flush_seconds <= 0:
+            raise ValueError(f"flush_seconds={self.flush_seconds!r} is out of range: expected > 0")
+        # Fill collections a user left out of a partial mapping with the defaults.
+        object.__setattr__(self, "stats", {**_default_stats(), **dict(self.stats)})
+        object.__setattr__(self, "values", {**_default_values(), **dict(self.values)})
+        object.__setattr__(self, "_include_re", [re.compile(p) for p in self.include])
+        object.__setattr__(self, "_exclude_re", [re.compile(p) for p in self.exclude])
+
+    # -- queries used on the training thread: keep them cheap --------------------------------
+    def wants(self, collection: str, name: str) -> bool:
+        """Whether tensor ``name`` of ``collection`` is captured at all."""
+        if collection not in self.collections:
+            return False
+        inc: list[re.Pattern[str]] = self._include_re  # type: ignore[attr-defined]
+        exc: list[re.Pattern[str]] = self._exclude_re  # type: ignore[attr-defined]
+        if inc and not any(p.search(name) for p in inc):
+            return False
+        return not any(p.search(name) for p in exc)
+
+    def due(self, collection: str, mode: str, mode_step: int) -> tuple[bool, bool]:
+        """``(stats_due, values_due)`` for ``collection`` at ``mode_step`` of ``mode``."""
+        return (
+            self.stats[collection].due(mode_step, mode),
+            self.values[collection].due(mode_step, mode),
+        )
+
+    # -- constructors ------------------------------------------------------------------------
+    @classmethod
+    def full(cls, **kwargs: Any) -> CaptureConfig:
+        """Statistics and full values of everything, every step (tests, small runs)."""
+        every = {c: SaveSchedule(every=1) for c in COLLECTIONS}
+        return cls(stats=every, values=every, **kwargs)
+
+    @classmethod
+    def with_values_every(cls, n: int, *, first: int = DEFAULT_FIRST_STEPS, collections: Iterable[str] | None = None, **kwargs: Any) -> CaptureConfig:
+        """Defaults, but full values every ``n`` steps (plus the first ``first``) for
+        ``collections`` (all sampled collections when None)."""
+        values = _default_values()
+        for c in collections or [c for c, s in values.items() if s.every != 1]:
+            values[c] = SaveSchedule(every=n, first=first)
+        return cls(values=values, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "collections": list(self.collections),
+            "stats": {c: s.to_dict() for c, s in self.stats.items()},
+            "values": {c: s.to_dict() for c, s in self.values.items()},
+            "include": list(self.include),
+            "exclude": list(self.exclude),
+            "module_types": list(self.module_types),
+            "queue_size": self.queue_size,
+            "flush_steps": self.flush_steps,
+            "flush_seconds": self.flush_seconds,
+            "retries": self.retries,
+            "check_stop_every": self.check_stop_every,
+        }

@@ -1,0 +1,373 @@
+"""Reading a run: ``open_run(uri)`` for audits, notebooks and custom analysis.
+
+Readers see committed data only: the counts in each rank's commit record bound every array
+read, whatever the writer has put beyond them. Values come as numpy arrays (one step, or a
+block of value rows) or as a lazy dask array across steps (dask is imported only then).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _format as F
+from ._errors import (
+    CorruptRunError,
+    FormatVersionError,
+    NotARunError,
+    RunNotFoundError,
+    StoreUnavailableError,
+)
+
+__all__ = ["open_run", "Run", "TensorInfo", "StepTable", "TensorStats"]
+
+#: A run whose writer has not committed for this long (and whose process is not known to be
+#: alive) reads as ``incomplete``.
+DEFAULT_STALE_AFTER = 300.0
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """The committed steps of one rank, as parallel numpy arrays."""
+
+    global_step: np.ndarray
+    mode: np.ndarray
+    mode_step: np.ndarray
+    time: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.global_step)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Per-step statistics of one tensor (``values`` columns are ``STAT_FIELDS``)."""
+
+    step: np.ndarray
+    mode: np.ndarray
+    mode_step: np.ndarray
+    values: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def field(self, name: str) -> np.ndarray:
+        """One statistic across steps, e.g. ``stats.field("l1")``; also the derived
+        ``finite``, ``mean``, ``var`` and ``l2``."""
+        v = self.values
+        col = F.STAT
+        if name in col:
+            return v[:, col[name]]
+        finite = v[:, col["count"]] - v[:, col["nan"]] - v[:, col["posinf"]] - v[:, col["neginf"]]
+        if name == "finite":
+            return finite
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = v[:, col["sum"]] / finite
+            if name == "mean":
+                return mean
+            if name == "var":
+                return np.maximum(v[:, col["sumsq"]] / finite - mean * mean, 0.0)
+        if name == "l2":
+            return np.sqrt(v[:, col["sumsq"]])
+        raise KeyError(f"unknown statistic {name!r}; known: {F.STAT_FIELDS + ('finite', 'mean', 'var', 'l2')}")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the commit record says about one captured tensor."""
+
+    name: str
+    collection: str
+    rank: int
+    key: str
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    meta: Mapping[str, Any]
+    n_stats: int
+    n_values: int
+    chunk_steps: int = 0
+    shard_steps: int = 0
+
+
+class Run:
+    """A trainaudit run opened for reading. Use :func:`open_run`."""
+
+    def __init__(self, uri: str, root: Any, attrs: Mapping[str, Any], storage_options: Mapping[str, Any] | None, stale_after: float) -> None:
+        self.uri = uri
+        self.storage_options = dict(storage_options or {})
+        self._root = root
+        self._attrs = dict(attrs)
+        self.format_version: int = attrs["format_version"]
+        self.run_id: str = attrs.get("run_id", uri.rsplit("/", 1)[-1])
+        self.framework: str = attrs.get("framework", "generic")
+        self.created: str = attrs.get("created", "")
+        self.config: dict[str, Any] = attrs.get("config", {})
+        self.stale_after = stale_after
+        self._records: dict[int, dict[str, Any]] = {}
+        self._infos: dict[int, dict[str, TensorInfo]] = {}
+        for key in sorted(root.group_keys()):
+            r = F.parse_rank_key(key)
+            if r is None:
+                continue
+            rec = root[key].attrs.asdict().get(F.RANK_ATTR)
+            if rec is None:
+                continue
+            self._records[r] = rec
+            self._infos[r] = {e["name"]: _info(e, r) for e in rec.get("tensors", [])}
+
+    def __repr__(self) -> str:
+        return f"<trainaudit Run {self.uri!r} {self.framework} {self.status} ranks={self.ranks}>"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._attrs)
+
+    # ------------------------------------------------------------------ the run as a whole
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(self._records)
+
+    def rank_record(self, rank: int = 0) -> dict[str, Any]:
+        """The raw commit record of ``rank`` (status, heartbeat, errors, counts)."""
+        return dict(self._record(rank))
+
+    @property
+    def status(self) -> str:
+        """``complete`` when every rank closed cleanly; ``running`` while a writer is alive;
+        ``incomplete`` when a writer stopped without closing (killed, crashed, or silent for
+        longer than ``stale_after`` seconds)."""
+        if not self._records:
+            return "incomplete"
+        states = [self._rank_status(r) for r in self._records.values()]
+        if all(s == "complete" for s in states):
+            return "complete"
+        if any(s == "incomplete" for s in states):
+            return "incomplete"
+        return "running"
+
+    def _rank_status(self, rec: Mapping[str, Any]) -> str:
+        if rec.get("status") == "complete":
+            return "complete"
+        if rec.get("host") == socket.gethostname() and not _pid_alive(int(rec.get("pid", -1))):
+            return "incomplete"
+        if time.time() - float(rec.get("heartbeat", 0.0)) > self.stale_after:
+            return "incomplete"
+        return "running"
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Capture errors recorded by the writers (all ranks)."""
+        return [e for r in self.ranks for e in self._records[r].get("errors", [])]
+
+    @property
+    def lost(self) -> dict[int, dict[str, list[list[int]]]]:
+        """Per rank, the step ranges lost on write (store failures) or dropped (queue full)."""
+        return {
+            r: {"lost_steps": rec.get("lost_steps", []), "dropped_steps": rec.get("dropped_steps", [])}
+            for r, rec in self._records.items()
+            if rec.get("lost_steps") or rec.get("dropped_steps")
+        }
+
+    @property
+    def modes(self) -> list[str]:
+        seen: set[int] = set()
+        for r in self.ranks:
+            seen.update(np.unique(self.steps(r).mode).tolist())
+        return [F.mode_name(m) for m in sorted(seen)]
+
+    def committed_steps(self, rank: int = 0) -> int:
+        return int(self._record(rank).get("committed_steps", 0))
+
+    def steps(self, rank: int = 0) -> StepTable:
+        """The committed steps of ``rank``."""
+        n = self.committed_steps(rank)
+        if n == 0:
+            e = np.zeros(0, dtype=np.int64)
+            return StepTable(e, e, e, np.zeros(0))
+        g = self._rank_group(rank)
+        rows = self._read(lambda: g["steps"][:n], f"rank {rank} step table")
+        t = self._read(lambda: g["step_time"][:n], f"rank {rank} step times")
+        return StepTable(rows[:, 0], rows[:, 1], rows[:, 2], t)
+
+    # ------------------------------------------------------------------ tensors
+    def tensors(self, collection: str | None = None, regex: str | None = None, rank: int = 0) -> list[TensorInfo]:
+        """Tensors of ``rank``, filtered by collection and/or a regex on the name, in capture order."""
+        pat = re.compile(regex) if regex else None
+        return [
+            t for t in self._infos.get(rank, {}).values()
+            if (collection is None or t.collection == collection) and (pat is None or pat.search(t.name))
+        ]
+
+    def tensor(self, name: str, rank: int = 0) -> TensorInfo:
+        try:
+            return self._infos[rank][name]
+        except KeyError:
+            raise KeyError(f"run {self.uri!r} has no tensor {name!r} on rank {rank}") from None
+
+    @property
+    def collections(self) -> dict[str, int]:
+        """Collection -> number of tensors captured (all ranks)."""
+        out: dict[str, int] = {}
+        for r in self.ranks:
+            for t in self._infos[r].values():
+                out[t.collection] = out.get(t.collection, 0) + 1
+        return out
+
+    def stats(self, name: str, rank: int = 0) -> TensorStats:
+        """Per-step statistics of tensor ``name`` at every committed step it was captured."""
+        info = self.tensor(name, rank)
+        g = self._rank_group(rank)[info.key]
+        n = info.n_stats
+        if n == 0:
+            return _empty_stats()
+        vals = self._read(lambda: g["stats"][:n], f"{name!r} statistics")
+        rows = self._read(lambda: g["stats_row"][:n], f"{name!r} statistics rows")
+        return self._with_steps(rank, rows, vals)
+
+    def value_steps(self, name: str, rank: int = 0) -> TensorStats:
+        """The steps at which full values of ``name`` were saved (``values`` is empty)."""
+        info = self.tensor(name, rank)
+        if info.n_values == 0:
+            return _empty_stats()
+        g = self._rank_group(rank)[info.key]
+        rows = self._read(lambda: g["values_row"][: info.n_values], f"{name!r} value rows")
+        return self._with_steps(rank, rows, np.zeros((len(rows), 0)))
+
+    def values(self, name: str, step: int, rank: int = 0, mode: str | None = None) -> np.ndarray:
+        """Full values of ``name`` at global ``step`` (its real shape)."""
+        vs = self.value_steps(name, rank)
+        hit = np.nonzero((vs.step == step) & (True if mode is None else vs.mode == F.mode_code(mode)))[0]
+        if len(hit) == 0:
+            raise KeyError(f"tensor {name!r} has no saved values at step {step}; saved at {vs.step[:20].tolist()}...")
+        i = int(hit[0])
+        vals, shapes, _, _ = self.values_block(name, i, i + 1, rank)
+        return vals[(0, *[slice(0, s) for s in shapes[0]])]
+
+    def values_block(self, name: str, start: int, stop: int, rank: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Value rows ``[start, stop)`` of ``name``: ``(values, shapes, steps, modes)``.
+
+        ``values`` is padded to the largest shape seen (NaN or 0); ``shapes`` gives each row's
+        real shape. Raises :class:`CorruptRunError` naming the tensor and steps when a chunk
+        cannot be decoded.
+        """
+        info = self.tensor(name, rank)
+        stop = min(stop, info.n_values)
+        g = self._rank_group(rank)[info.key]
+        rows = g["values_row"][start:stop]
+        steps = self.steps(rank)
+        where = f"tensor {name!r} value rows {start}-{stop - 1} (steps {int(steps.global_step[rows[0]]) if len(rows) else '?'}-{int(steps.global_step[rows[-1]]) if len(rows) else '?'})"
+        vals = self._read(lambda: g["values"][start:stop], where)
+        if "values_shape" in g:
+            shapes = self._read(lambda: g["values_shape"][start:stop], where)
+        else:
+            shapes = np.zeros((stop - start, 0), dtype=np.int64)
+        return vals, shapes, steps.global_step[rows], steps.mode[rows]
+
+    def values_dask(self, name: str, rank: int = 0) -> Any:
+        """A lazy dask array over all saved value rows of ``name`` (padded), chunked by shard."""
+        import dask.array as da
+
+        info = self.tensor(name, rank)
+        arr = self._rank_group(rank)[info.key]["values"]
+        return da.from_zarr(arr)[: info.n_values]
+
+    # ------------------------------------------------------------------ helpers
+    def _record(self, rank: int) -> Mapping[str, Any]:
+        try:
+            return self._records[rank]
+        except KeyError:
+            raise KeyError(f"run {self.uri!r} has no rank {rank}; ranks: {self.ranks}") from None
+
+    def _rank_group(self, rank: int) -> Any:
+        self._record(rank)
+        return self._root[F.rank_key(rank)]
+
+    def _with_steps(self, rank: int, rows: np.ndarray, vals: np.ndarray) -> TensorStats:
+        st = self.steps(rank)
+        ok = (rows >= 0) & (rows < len(st))
+        rows, vals = rows[ok], vals[ok]
+        return TensorStats(st.global_step[rows], st.mode[rows], st.mode_step[rows], vals)
+
+    def _read(self, fn: Any, where: str) -> Any:
+        try:
+            return fn()
+        except (OSError, ConnectionError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise CorruptRunError(self.uri, where, f"a chunk is missing ({exc})") from exc
+            raise StoreUnavailableError(self.uri, str(exc)) from exc
+        except Exception as exc:
+            raise CorruptRunError(self.uri, where, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _info(e: Mapping[str, Any], rank: int) -> TensorInfo:
+    shape = tuple(e["shape"]) if e.get("shape") is not None else None
+    chunk = shard = 0
+    if shape is not None and e.get("dtype"):
+        chunk, shard = F.values_layout(shape, np.dtype(e["dtype"]).itemsize)
+    return TensorInfo(
+        name=e["name"], collection=e["collection"], rank=rank, key=e["key"], shape=shape, dtype=e.get("dtype"),
+        meta=e.get("meta") or {}, n_stats=int(e["n_stats"]), n_values=int(e["n_values"]),
+        chunk_steps=chunk, shard_steps=shard,
+    )
+
+
+def _empty_stats() -> TensorStats:
+    e = np.zeros(0, dtype=np.int64)
+    return TensorStats(e, e, e, np.zeros((0, F.N_STATS)))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped by its parent) still answers signal 0.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def open_run(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None, stale_after: float = DEFAULT_STALE_AFTER) -> Run:
+    """Open the trainaudit run at ``uri`` for reading.
+
+    Raises:
+        RunNotFoundError: nothing is at ``uri``.
+        NotARunError: something is there, but not a trainaudit run.
+        FormatVersionError: the run's format is newer than this trainaudit.
+        StoreUnavailableError: the store could not be reached.
+    """
+    u = F.normalize_uri(uri)
+    if not F.is_remote(u) and not os.path.exists(u):
+        raise RunNotFoundError(u)
+    try:
+        root = F.open_root(u, mode="r", storage_options=storage_options)
+    except FileNotFoundError as exc:
+        raise RunNotFoundError(u) from exc
+    except Exception as exc:
+        name = type(exc).__name__
+        if "NotFound" in name or "NodeTypeValidation" in name or "ContainsArray" in name:
+            if F.is_remote(u):
+                raise RunNotFoundError(u) from exc
+            raise NotARunError(u, f"no Zarr group there ({name})") from exc
+        if isinstance(exc, OSError | ConnectionError) or "Endpoint" in str(exc):
+            raise StoreUnavailableError(u, str(exc)) from exc
+        raise NotARunError(u, f"{name}: {exc}") from exc
+    attrs = root.attrs.asdict().get(F.ROOT_ATTR)
+    if attrs is None:
+        raise NotARunError(u, "its root has no 'trainaudit' attribute")
+    if attrs.get("format_version") not in F.SUPPORTED_VERSIONS:
+        raise FormatVersionError(u, attrs.get("format_version"), F.SUPPORTED_VERSIONS)
+    return Run(u, root, attrs, storage_options, stale_after)

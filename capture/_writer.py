@@ -1,0 +1,570 @@
+"""The background writer: turns queued step records into a committed run on a store.
+
+The training thread only calls :meth:`RunWriter.submit`, which never blocks for long and never
+raises. A writer thread batches records (``flush_steps`` / ``flush_seconds``), resolves their
+payloads (computes statistics, copies values to host), writes chunks, and then commits: the
+rank's commit record (``_format.RANK_ATTR``) is rewritten last, so readers only see steps whose
+data is complete. A write that keeps failing after ``retries`` attempts with backoff is given
+up: its steps are recorded as lost in the commit record, and capture goes on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import _format as F
+from ._config import CaptureConfig
+
+__all__ = ["Payload", "NumpyPayload", "StepItem", "StepRecord", "RunWriter"]
+
+log = logging.getLogger("trainaudit.capture")
+
+MAX_ERRORS_KEPT = 200
+HEARTBEAT_SECONDS = 15.0
+
+
+class Payload(Protocol):
+    """What a hook hands the writer for one tensor at one step.
+
+    ``resolve`` runs on the writer thread and returns the statistics (``F.N_STATS`` float64)
+    and, when ``want_values``, the values as a numpy array.
+    """
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+class NumpyPayload:
+    """A payload that already lives on the host as a numpy array (copied at submission)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, value: Any) -> None:
+        self.array = np.array(value, copy=True)
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return F.numpy_stats(self.array), (self.array if want_values else None)
+
+
+@dataclass(slots=True)
+class StepItem:
+    name: str
+    collection: str
+    payload: Payload
+    values: bool
+    meta: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    global_step: int
+    mode: str
+    mode_step: int
+    time: float
+    items: list[StepItem] = field(default_factory=list)
+
+
+@dataclass
+class _Tensor:
+    """The writer's view of one tensor's arrays (mirrors its entry in the commit record)."""
+
+    index: int
+    name: str
+    collection: str
+    meta: dict[str, Any]
+    n_stats: int = 0
+    n_values: int = 0
+    shape: list[int] | None = None
+    dtype: str | None = None
+    group: Any = None
+    stats: Any = None
+    stats_row: Any = None
+    values: Any = None
+    values_row: Any = None
+    values_shape: Any = None
+    stats_cap: int = 0
+    values_cap: int = 0
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "key": F.tensor_key(self.index),
+            "name": self.name,
+            "collection": self.collection,
+            "meta": self.meta,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "n_stats": self.n_stats,
+            "n_values": self.n_values,
+        }
+
+
+_OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers() -> None:
+    for w in list(_OPEN_WRITERS):
+        w.close(reason="closed at interpreter exit")
+
+
+class RunWriter:
+    """Owns one rank's group of a run; all store I/O happens on its thread.
+
+    Args:
+        uri: the run's URI (local path, ``file://``, ``s3://``, ``memory://``).
+        framework: ``pytorch``, ``xgboost`` or ``generic``; stored in the run.
+        config: the capture configuration (stored in the run's attributes).
+        rank: this process's rank; each rank writes its own group.
+        run_id: defaults to the last part of the URI.
+        storage_options: passed to s3fs / fsspec.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        framework: str = "generic",
+        config: CaptureConfig | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        run_id: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        extra_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.uri = F.normalize_uri(uri)
+        self.framework = framework
+        self.config = config or CaptureConfig()
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.run_id = run_id or self.uri.rstrip("/").rsplit("/", 1)[-1]
+        self.storage_options = dict(storage_options or {})
+        self._extra_attrs = dict(extra_attrs or {})
+        self._queue: queue.Queue[StepRecord | None] = queue.Queue(maxsize=self.config.queue_size)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.stop_requested = False
+        self.stop_reason: str | None = None
+        # Counters the training thread may read; written by the writer thread (or on drops).
+        self.errors: list[dict[str, Any]] = []
+        self.n_errors = 0
+        self.lost_steps: list[list[int]] = []
+        self.dropped_steps: list[list[int]] = []
+        self.committed_steps = 0
+        self._drop_lock = threading.Lock()
+        self._started = datetime.now(UTC).isoformat()
+        self._tensors: dict[str, _Tensor] = {}
+        self._root: Any = None
+        self._rank_group: Any = None
+        self._steps_arr: Any = None
+        self._time_arr: Any = None
+        self._steps_cap = 0
+        self._last_commit = 0.0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"trainaudit-writer-{self.run_id}-r{self.rank}", daemon=True
+        )
+        _OPEN_WRITERS.add(self)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ training-thread API
+    def submit(self, record: StepRecord) -> bool:
+        """Queue ``record`` for writing. Never raises; returns False when it was dropped
+        (writer closed, or the queue stayed full for 0.1 s), which is recorded in the run."""
+        if self._closed:
+            return False
+        try:
+            self._queue.put(record, timeout=0.1)
+            return True
+        except queue.Full:
+            with self._drop_lock:
+                _add_to_ranges(self.dropped_steps, record.global_step)
+            return False
+        except Exception:  # pragma: no cover - defensive: capture never crashes training
+            return False
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Block until everything submitted so far is written (or given up)."""
+        if self._closed:
+            return
+        done = threading.Event()
+        self._submit_marker(done)
+        done.wait(timeout)
+
+    def close(self, *, reason: str | None = None, timeout: float = 120.0) -> None:
+        """Flush, mark this rank ``complete`` and stop the writer thread. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_reason = reason
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:  # pragma: no cover
+            pass
+        self._thread.join(timeout)
+        _OPEN_WRITERS.discard(self)
+
+    # ------------------------------------------------------------------ writer thread
+    def _submit_marker(self, event: threading.Event) -> None:
+        marker = StepRecord(global_step=-1, mode="train", mode_step=-1, time=0.0)
+        marker.items.append(StepItem(name="", collection="other", payload=_Marker(event), values=False))
+        try:
+            self._queue.put(marker, timeout=5.0)
+        except queue.Full:
+            event.set()
+
+    def _run(self) -> None:
+        try:
+            self._with_retries(self._open_store, what="open the run")
+        except Exception as exc:  # the store is unusable: keep draining so training goes on
+            self._record_error("open", f"could not open the run for writing: {exc}")
+        self._ready.set()
+        pending: list[StepRecord] = []
+        last_flush = time.monotonic()
+        cfg = self.config
+        while True:
+            timeout = max(0.01, cfg.flush_seconds - (time.monotonic() - last_flush))
+            try:
+                rec = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                rec = _TIMEOUT
+            closing = rec is None
+            markers: list[threading.Event] = []
+            if isinstance(rec, StepRecord):
+                if rec.global_step == -1 and rec.items and isinstance(rec.items[0].payload, _Marker):
+                    markers.append(rec.items[0].payload.event)
+                else:
+                    pending.append(rec)
+            due = (
+                closing
+                or markers
+                or len(pending) >= cfg.flush_steps
+                or time.monotonic() - last_flush >= cfg.flush_seconds
+            )
+            if due:
+                if pending or time.monotonic() - self._last_commit > HEARTBEAT_SECONDS or closing:
+                    self._flush(pending, final=closing)
+                pending = []
+                last_flush = time.monotonic()
+                self._poll_stop()
+            for ev in markers:
+                ev.set()
+            if closing:
+                return
+
+    def _open_store(self) -> None:
+        root = F.open_root(self.uri, mode="a", storage_options=self.storage_options)
+        attrs = root.attrs.asdict()
+        existing = attrs.get(F.ROOT_ATTR)
+        if existing is not None and existing.get("format_version") not in F.SUPPORTED_VERSIONS:
+            raise RuntimeError(f"the run holds format_version={existing.get('format_version')!r}")
+        if existing is None or self.rank == 0:
+            root.attrs[F.ROOT_ATTR] = {
+                "format_version": F.FORMAT_VERSION,
+                "run_id": self.run_id,
+                "framework": self.framework,
+                "created": (existing or {}).get("created", self._started),
+                "world_size": self.world_size,
+                "config": self.config.to_dict(),
+                **self._extra_attrs,
+            }
+        self._root = root
+        g = root.require_group(F.rank_key(self.rank))
+        self._rank_group = g
+        prev = g.attrs.asdict().get(F.RANK_ATTR)
+        if prev:  # resumed training: continue the committed data of this rank
+            self._resume(prev)
+        else:
+            self._steps_cap = 1024
+            self._steps_arr = g.create_array(
+                "steps", shape=(self._steps_cap, 3), chunks=(F.ROW_CHUNK // 4, 3), dtype="int64",
+                fill_value=-1, overwrite=True,
+            )
+            self._time_arr = g.create_array(
+                "step_time", shape=(self._steps_cap,), chunks=(F.ROW_CHUNK // 4,), dtype="float64",
+                fill_value=np.nan, overwrite=True,
+            )
+        self._commit(status="running")
+
+    def _resume(self, prev: Mapping[str, Any]) -> None:
+        g = self._rank_group
+        self._steps_arr = g["steps"]
+        self._time_arr = g["step_time"]
+        self._steps_cap = int(self._steps_arr.shape[0])
+        self.committed_steps = int(prev.get("committed_steps", 0))
+        self.errors = list(prev.get("errors", []))
+        self.n_errors = int(prev.get("n_errors", len(self.errors)))
+        self.lost_steps = [list(r) for r in prev.get("lost_steps", [])]
+        self.dropped_steps = [list(r) for r in prev.get("dropped_steps", [])]
+        for i, e in enumerate(prev.get("tensors", [])):
+            t = _Tensor(index=i, name=e["name"], collection=e["collection"], meta=dict(e.get("meta") or {}),
+                        n_stats=int(e["n_stats"]), n_values=int(e["n_values"]), shape=e.get("shape"), dtype=e.get("dtype"))
+            t.group = g[F.tensor_key(i)]
+            if "stats" in t.group:
+                t.stats, t.stats_row = t.group["stats"], t.group["stats_row"]
+                t.stats_cap = int(t.stats.shape[0])
+            if "values" in t.group:
+                t.values, t.values_row = t.group["values"], t.group["values_row"]
+                t.values_shape = t.group["values_shape"] if "values_shape" in t.group else None
+                t.values_cap = int(t.values.shape[0])
+            self._tensors[t.name] = t
+
+    def _flush(self, pending: list[StepRecord], *, final: bool) -> None:
+        if self._rank_group is None:
+            # The run never opened: try again, else everything pending is lost.
+            try:
+                self._with_retries(self._open_store, what="open the run")
+            except Exception as exc:
+                for rec in pending:
+                    _add_to_ranges(self.lost_steps, rec.global_step)
+                self._record_error("write", f"steps lost, the store is unreachable: {exc}")
+                return
+        batch = self._resolve(pending)
+        status = "complete" if final else "running"
+        try:
+            self._with_retries(lambda: self._write_batch(pending, batch), what="write steps")
+            self._with_retries(lambda: self._commit(status=status), what="commit steps")
+        except Exception as exc:
+            for rec in pending:
+                _add_to_ranges(self.lost_steps, rec.global_step)
+            first, last = (pending[0].global_step, pending[-1].global_step) if pending else (None, None)
+            self._record_error("write", f"steps {first}-{last} lost after {self.config.retries} attempts: {exc}")
+            if final:  # still try to leave the run marked closed with the loss recorded
+                try:
+                    self._commit(status=status)
+                except Exception:
+                    log.warning("trainaudit: could not mark run %s complete", self.uri)
+
+    def _resolve(self, pending: list[StepRecord]) -> list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]:
+        """Compute every payload's statistics / host values; a bad payload is recorded and
+        skipped, never raised."""
+        out = []
+        for rec in pending:
+            resolved = []
+            for item in rec.items:
+                try:
+                    stats, values = item.payload.resolve(item.values)
+                    resolved.append((item, stats, values))
+                except Exception as exc:
+                    self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
+            out.append(resolved)
+        return out
+
+    def _write_batch(self, pending: list[StepRecord], batch: list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]) -> None:
+        n0 = self.committed_steps
+        k = len(pending)
+        if k == 0:
+            return
+        self._ensure_step_capacity(n0 + k)
+        rows = np.array([[r.global_step, F.mode_code(r.mode), r.mode_step] for r in pending], dtype=np.int64)
+        self._steps_arr[n0 : n0 + k] = rows
+        self._time_arr[n0 : n0 + k] = np.array([r.time for r in pending], dtype=np.float64)
+        # Gather per tensor, in step order, then write each tensor's rows in one slice.
+        per_tensor: dict[str, tuple[list[int], list[np.ndarray], list[int], list[np.ndarray]]] = {}
+        for i, resolved in enumerate(batch):
+            for item, stats, values in resolved:
+                t = self._tensor(item)
+                acc = per_tensor.setdefault(t.name, ([], [], [], []))
+                acc[0].append(n0 + i)
+                acc[1].append(stats)
+                if values is not None:
+                    acc[2].append(n0 + i)
+                    acc[3].append(values)
+        new_counts: dict[str, tuple[int, int]] = {}
+        for name, (srows, stats, vrows, values) in per_tensor.items():
+            t = self._tensors[name]
+            ns, nv = t.n_stats, t.n_values
+            if srows:
+                self._ensure_stats(t, ns + len(srows))
+                t.stats[ns : ns + len(srows)] = np.stack(stats)
+                t.stats_row[ns : ns + len(srows)] = np.asarray(srows, dtype=np.int64)
+                ns += len(srows)
+            if vrows:
+                nv = self._write_values(t, nv, vrows, values)
+            new_counts[name] = (ns, nv)
+        # Only now, with every chunk written, advance the counts the commit will publish.
+        for name, (ns, nv) in new_counts.items():
+            self._tensors[name].n_stats, self._tensors[name].n_values = ns, nv
+        self.committed_steps = n0 + k
+
+    def _tensor(self, item: StepItem) -> _Tensor:
+        t = self._tensors.get(item.name)
+        if t is None:
+            t = _Tensor(index=len(self._tensors), name=item.name, collection=item.collection, meta=dict(item.meta or {}))
+            self._tensors[item.name] = t
+        return t
+
+    def _ensure_step_capacity(self, n: int) -> None:
+        if n > self._steps_cap:
+            cap = max(n, 2 * self._steps_cap)
+            self._steps_arr.resize((cap, 3))
+            self._time_arr.resize((cap,))
+            self._steps_cap = cap
+
+    def _group(self, t: _Tensor) -> Any:
+        if t.group is None:
+            t.group = self._rank_group.require_group(F.tensor_key(t.index))
+        return t.group
+
+    def _ensure_stats(self, t: _Tensor, n: int) -> None:
+        if t.stats is None:
+            g = self._group(t)
+            t.stats_cap = max(1024, n)
+            t.stats = g.create_array("stats", shape=(t.stats_cap, F.N_STATS), chunks=(F.STATS_CHUNK_ROWS, F.N_STATS),
+                                     dtype="float64", fill_value=np.nan, overwrite=True)
+            t.stats_row = g.create_array("stats_row", shape=(t.stats_cap,), chunks=(F.ROW_CHUNK,), dtype="int64",
+                                         fill_value=-1, overwrite=True)
+        elif n > t.stats_cap:
+            t.stats_cap = max(n, 2 * t.stats_cap)
+            t.stats.resize((t.stats_cap, F.N_STATS))
+            t.stats_row.resize((t.stats_cap,))
+
+    def _write_values(self, t: _Tensor, nv: int, rows: list[int], values: list[np.ndarray]) -> int:
+        if t.values is None:
+            first = values[0]
+            dtype = F.storage_dtype(first.dtype)
+            shape = [max(v.shape[d] for v in values if v.ndim == first.ndim) for d in range(first.ndim)]
+            chunk, shard = F.values_layout(tuple(shape), dtype.itemsize)
+            g = self._group(t)
+            t.values_cap = max(shard, len(rows))
+            t.values_cap = -(-t.values_cap // shard) * shard
+            fill = np.nan if dtype.kind == "f" else 0
+            t.values = g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape),
+                                      shards=(shard, *shape), dtype=dtype, fill_value=fill, overwrite=True)
+            t.values_row = g.create_array("values_row", shape=(t.values_cap,), chunks=(F.ROW_CHUNK,), dtype="int64",
+                                          fill_value=-1, overwrite=True)
+            if shape:
+                t.values_shape = g.create_array("values_shape", shape=(t.values_cap, len(shape)),
+                                                chunks=(F.ROW_CHUNK // 8, len(shape)), dtype="int64", fill_value=-1, overwrite=True)
+            t.shape, t.dtype = shape, str(dtype)
+        assert t.shape is not None and t.dtype is not None
+        dtype = np.dtype(t.dtype)
+        keep_rows, keep_vals = [], []
+        for r, v in zip(rows, values, strict=True):
+            if v.ndim != len(t.shape):
+                self._record_error("tensor", f"{t.name!r}: a value of shape {v.shape} at row {r} does not match the "
+                                   f"stored rank {len(t.shape)}; values of other ranks are not stored", tensor=t.name)
+                continue
+            keep_rows.append(r)
+            keep_vals.append(v)
+        if not keep_rows:
+            return nv
+        bigger = [max([t.shape[d]] + [v.shape[d] for v in keep_vals]) for d in range(len(t.shape))]
+        n_new = nv + len(keep_rows)
+        if n_new > t.values_cap or bigger != t.shape:
+            cap = max(n_new, 2 * t.values_cap) if n_new > t.values_cap else t.values_cap
+            t.values.resize((cap, *bigger))
+            t.values_row.resize((cap,))
+            if t.values_shape is not None:
+                t.values_shape.resize((cap, len(bigger)))
+            t.values_cap, t.shape = cap, bigger
+        same = all(tuple(v.shape) == tuple(t.shape) for v in keep_vals)
+        if same:
+            block = np.stack([np.asarray(v, dtype=dtype) for v in keep_vals])
+        else:
+            fill = np.nan if dtype.kind == "f" else 0
+            block = np.full((len(keep_vals), *t.shape), fill, dtype=dtype)
+            for i, v in enumerate(keep_vals):
+                block[(i, *[slice(0, s) for s in v.shape])] = v
+        t.values[nv:n_new] = block
+        t.values_row[nv:n_new] = np.asarray(keep_rows, dtype=np.int64)
+        if t.values_shape is not None:
+            t.values_shape[nv:n_new] = np.array([v.shape for v in keep_vals], dtype=np.int64)
+        return n_new
+
+    def _commit(self, *, status: str) -> None:
+        with self._drop_lock:
+            dropped = [list(r) for r in self.dropped_steps]
+        record = {
+            "rank": self.rank,
+            "status": status,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self._started,
+            "heartbeat": time.time(),
+            "committed_steps": self.committed_steps,
+            "tensors": [t.entry() for t in sorted(self._tensors.values(), key=lambda t: t.index) if t.n_stats or t.n_values],
+            "n_errors": self.n_errors,
+            "errors": self.errors[-MAX_ERRORS_KEPT:],
+            "lost_steps": self.lost_steps,
+            "dropped_steps": dropped,
+        }
+        if status == "complete" and getattr(self, "_close_reason", None):
+            record["close_reason"] = self._close_reason
+        self._rank_group.attrs[F.RANK_ATTR] = record
+        self._last_commit = time.monotonic()
+
+    def _poll_stop(self) -> None:
+        """Notice a stop request a watcher wrote into the run (``control`` group)."""
+        if self._root is None or self.stop_requested:
+            return
+        try:
+            import zarr
+
+            ctrl = zarr.open_group(store=self._root.store, path=F.CONTROL_GROUP, mode="r", zarr_format=3)
+            stop = ctrl.attrs.asdict().get(F.CONTROL_ATTR, {}).get("stop")
+        except Exception:
+            return  # no control group yet
+        if stop:
+            self.stop_reason = str(stop.get("reason", "stop requested"))
+            self.stop_requested = True
+
+    def _with_retries(self, fn: Any, *, what: str) -> Any:
+        delay = 0.2
+        for attempt in range(1, self.config.retries + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                if attempt == self.config.retries:
+                    raise
+                log.warning("trainaudit: could not %s (attempt %d): %s", what, attempt, exc)
+                time.sleep(delay)
+                delay *= 2
+        return None  # pragma: no cover
+
+    def _record_error(self, kind: str, message: str, **extra: Any) -> None:
+        log.warning("trainaudit capture error (%s): %s", kind, message)
+        self.n_errors += 1
+        err = {"time": time.time(), "rank": self.rank, "kind": kind, "message": message, **extra}
+        if kind == "internal":
+            err["traceback"] = traceback.format_exc(limit=5)
+        self.errors.append(err)
+
+
+class _Marker:
+    """A queue entry that asks the writer thread to flush now and signal ``event``."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:  # pragma: no cover
+        raise RuntimeError("markers are never resolved")
+
+
+_TIMEOUT = object()
+
+
+def _add_to_ranges(ranges: list[list[int]], step: int) -> None:
+    """Add ``step`` to sorted inclusive ``[first, last]`` ranges (steps arrive in order)."""
+    if ranges and ranges[-1][1] + 1 >= step >= ranges[-1][0]:
+        ranges[-1][1] = max(ranges[-1][1], step)
+    else:
+        ranges.append([step, step])
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
