@@ -83,6 +83,9 @@ def _default_values() -> dict[str, SaveSchedule]:
     out = {c: sampled for c in COLLECTIONS}
     for c in ("losses", "metrics", "labels", "predictions", "updates", "trees", "feature_importance"):
         out[c] = every
+    # The data rules want >= 500 samples early: the first 8 batches of 64 give them at once.
+    for c in ("inputs", "tokens"):
+        out[c] = SaveSchedule(every=DEFAULT_VALUE_INTERVAL, first=8)
     return out
 
 

@@ -97,7 +97,7 @@ class Recorder:
         rec = self._open
         if rec is None:
             rec = self._open = StepRecord(self.global_step, self.mode, self.mode_step, time.time())
-        rec.items.append(StepItem(name, collection, payload, values, meta))
+        rec.put(StepItem(name, collection, payload, values, meta))
 
     def end_step(self) -> None:
         """Close the current step: submit what was recorded and advance the counters.

@@ -76,6 +76,17 @@ class StepRecord:
     mode_step: int
     time: float
     items: list[StepItem] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def put(self, item: StepItem) -> None:
+        """Add ``item``; a tensor recorded twice in one step keeps its last value (gradient
+        accumulation: the accumulated gradient, the last micro-batch's outputs)."""
+        i = self.index.get(item.name)
+        if i is None:
+            self.index[item.name] = len(self.items)
+            self.items.append(item)
+        else:
+            self.items[i] = item
 
 
 @dataclass
