@@ -51,6 +51,7 @@ __all__ = [
     "StepQuantiles",
     "Histogram",
     "to_class_ids",
+    "is_class_ids",
 ]
 
 
@@ -374,6 +375,18 @@ def to_class_ids(x: np.ndarray) -> np.ndarray:
     return np.round(a).astype(np.int64)
 
 
+def is_class_ids(x: np.ndarray) -> bool:
+    """Whether ``x`` looks like class labels: integers, integral floats, or one-hot / score
+    rows. Non-integral 1-D floats are regression targets."""
+    a = np.asarray(x)
+    if a.ndim >= 2 and a.shape[-1] > 1:
+        return True
+    if a.dtype.kind in "iub":
+        return True
+    f = a[np.isfinite(a)]
+    return bool(np.all(f == np.round(f)))
+
+
 def _counts(ids: np.ndarray) -> dict[int, int]:
     u, c = np.unique(ids, return_counts=True)
     return {int(k): int(v) for k, v in zip(u, c, strict=True)}
@@ -381,9 +394,12 @@ def _counts(ids: np.ndarray) -> dict[int, int]:
 
 @dataclass(frozen=True)
 class ClassCounts(PerStepKernel):
-    """Per step, how many labels of each class (record: ``{class: count}``)."""
+    """Per step, how many labels of each class (record: ``{class: count}``, or None when the
+    labels are not class ids, e.g. regression targets)."""
 
-    def record(self, x: np.ndarray) -> dict[int, int]:
+    def record(self, x: np.ndarray) -> dict[int, int] | None:
+        if not is_class_ids(x):
+            return None
         return _counts(to_class_ids(x))
 
 
@@ -407,6 +423,8 @@ class ConfusionCounts(Kernel):
         labels = {step: x for step, _, x in partner.rows()}
         for step, mode, x in block.rows():
             if step not in labels:
+                continue
+            if not is_class_ids(labels[step]):
                 continue
             pred = to_class_ids(x)
             lab = to_class_ids(labels[step])
@@ -566,6 +584,17 @@ class StepDiffs(Kernel):
         diffs = {**a["diffs"], **b["diffs"]}
         diffs[b["first"][0]] = self._diff((a["last"][0], a["last"][2]), b["first"])
         return {"first": a["first"], "last": b["last"], "diffs": diffs}
+
+    def compact(self, state: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Drop the boundary rows once a tensor's span is complete (only diffs travel)."""
+        if state is None:
+            return None
+        empty = np.zeros(0)
+        return {
+            "first": (state["first"][0], state["first"][1], empty),
+            "last": (state["last"][0], state["last"][1], empty),
+            "diffs": state["diffs"],
+        }
 
     def finalize(self, state: dict[str, Any] | None) -> StepSeries:
         diffs = state["diffs"] if state else {}

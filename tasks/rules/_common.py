@@ -1,0 +1,76 @@
+"""Helpers the builtin rules share: number formatting, unit axes, loss series."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._context import RuleContext, TensorData
+from .._plan import TensorMeta
+
+__all__ = ["g", "pct", "unit_axis", "loss_series", "running_median", "first_true", "names"]
+
+
+def g(x: float) -> str:
+    """A number for a message: 3 significant digits."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "nan"
+    return f"{x:.3g}"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def unit_axis(t: TensorMeta) -> int:
+    """The axis of units (features / channels) of an activation: 1 for (batch, features) and
+    channels-first convolutions; the last axis for (batch, time, features) sequences unless the
+    module is a 1-D convolution."""
+    nd = len(t.shape)
+    if nd == 3 and "conv" not in t.module_type.lower():
+        return -1
+    return 1 if nd >= 2 else 0
+
+
+def running_median(y: np.ndarray, window: int) -> np.ndarray:
+    """Median of the last ``window`` values at each position (shorter at the start)."""
+    y = np.asarray(y, dtype=np.float64)
+    if window <= 1 or len(y) == 0:
+        return y.copy()
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        out[i] = np.nanmedian(y[max(0, i - window + 1) : i + 1]) if np.isfinite(y[max(0, i - window + 1) : i + 1]).any() else np.nan
+    return out
+
+
+def loss_series(ctx: RuleContext, need: str, mode: int) -> tuple[TensorData, np.ndarray, np.ndarray] | None:
+    """The loss of ``mode`` (0 train, 1 eval): ``(tensor, steps, values)`` of the first loss
+    tensor holding rows of that mode (``losses/loss`` and ``losses/train`` preferred)."""
+    cands = ctx.with_stats(need)
+
+    def pref(t: TensorData) -> tuple[int, str]:
+        leaf = t.name.split("/", 1)[-1]
+        return (0 if leaf in ("loss", "train") else 1, t.name)
+
+    for t in sorted(cands, key=pref):
+        st = t.stats
+        assert st is not None
+        m = st.modes == mode
+        if m.any():
+            y = st.mean()[m]
+            return t, st.steps[m], y
+    return None
+
+
+def first_true(mask: Sequence[bool] | np.ndarray) -> int | None:
+    m = np.asarray(mask, dtype=bool)
+    return int(np.argmax(m)) if m.any() else None
+
+
+def names(items: Sequence[Any], limit: int = 5) -> str:
+    items = [str(i) for i in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -1,0 +1,410 @@
+"""Loss and accuracy: LossNotDecreasing, Overfit, Underfit, Overtraining, Confusion.
+
+The loss rules read the per-step statistics of the ``losses`` collection (the loss of a step is
+its mean: sum / finite count), which capture writes every step; no full values are read.
+An *evaluation* is a run of consecutive eval-mode loss rows with no train step between them;
+its loss is their mean, compared with the mean train loss since the previous evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _plots
+from .._catalog import Range, rule
+from .._context import RuleContext, step_runs
+from .._findings import Finding
+from .._kernels import ClassCounts, ConfusionCounts
+from .._plan import Need
+from ._common import g, loss_series, names, pct, running_median
+
+_LOSS = Need(name="losses", collections=("losses",), source="stats", what="loss")
+
+
+def _loss_needs(p: Mapping[str, Any]) -> list[Need]:
+    return [_LOSS]
+
+
+def _loss_plot(title: str, series: list[tuple[str, np.ndarray, np.ndarray]],
+               markers: list[dict[str, Any]]) -> dict[str, Any]:
+    return _plots.line(title, [{"name": n, "x": x, "y": y} for n, x, y in series], y_label="loss",
+                       markers=markers)
+
+
+@rule(
+    id="LossNotDecreasing",
+    problem_class="loss",
+    severity="warning",
+    needs=_loss_needs,
+    title="Loss not decreasing",
+    ranges={"num_steps": Range(ge=1), "window": Range(ge=1), "diff_percent": Range(ge=0),
+            "increase_threshold_percent": Range(ge=0)},
+    problem="The loss stopped going down (or went up): the model is not learning any more.",
+    fix="Check the learning rate (too high: the loss rises or oscillates; too low: it crawls), the data pipeline "
+        "(shuffling, labels aligned with inputs) and that the optimizer steps the model's parameters.",
+)
+def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 5, diff_percent: float = 0.1,
+                        increase_threshold_percent: float = 5.0) -> Finding:
+    """Every num_steps steps s: with L the median of the last window saved losses, L_ref = L at the newest
+    saved step <= s - num_steps, it fires if (L_ref - L_s) / |L_ref| < diff_percent / 100 (not
+    decreasing) or (L_s - L_ref) / |L_ref| > increase_threshold_percent / 100 (increasing).
+
+    Train-mode loss, else eval. Defaults from smdebug's ``LossNotDecreasing`` (num_steps=10,
+    diff_percent=0.1) with a median smoothing window (5) so one noisy batch does not decide, and
+    an explicit increase threshold (5 %).
+    """
+    s = loss_series(ctx, "losses", 0) or loss_series(ctx, "losses", 1)
+    if s is None:
+        return ctx.missing("losses")
+    t, steps, y = s
+    if len(steps) < 2 or steps[-1] - steps[0] < num_steps:
+        return ctx.not_evaluable(f"Only {len(steps)} loss values over {int(steps[-1] - steps[0]) if len(steps) else 0} "
+                                 f"steps were captured; LossNotDecreasing needs num_steps={num_steps}.")
+    sm = running_median(y, window)
+    checks = np.arange(steps[0] + num_steps, steps[-1] + 1, num_steps)
+    rows = []
+    for c in checks:
+        i = int(np.searchsorted(steps, c, side="right")) - 1
+        j = int(np.searchsorted(steps, c - num_steps, side="right")) - 1
+        if j < 0 or i <= j:
+            continue
+        ref, cur = sm[j], sm[i]
+        if not (np.isfinite(ref) and np.isfinite(cur)) or ref == 0:
+            continue
+        dec = (ref - cur) / abs(ref)
+        rows.append((int(steps[i]), i, float(ref), float(cur), float(dec)))
+    if not rows:
+        return ctx.not_evaluable("No two finite smoothed loss values num_steps apart were captured.")
+    inc = [r for r in rows if -r[4] > increase_threshold_percent / 100]
+    flat = [r for r in rows if r[4] < diff_percent / 100]
+    mode_name = "train" if (t.stats is not None and (t.stats.modes == 0).any()) else "eval"
+    evidence: dict[str, Any] = {"tensor": t.name, "mode": mode_name, "checks": len(rows),
+                                "relative_decrease": {str(r[0]): r[4] for r in rows[-50:]}}
+    hits = inc or flat
+    check_steps = [r[0] for r in rows]
+    if hits:
+        r = hits[0]
+        kind = "increased" if inc else "did not decrease"
+        thr = (f"increase_threshold_percent={g(increase_threshold_percent)}" if inc
+               else f"diff_percent={g(diff_percent)}")
+        markers = [{"x": r[0], "label": f"loss {kind}"}]
+        evidence["plots"] = [_loss_plot(f"{t.name} ({mode_name})", [("loss", steps, y), ("median", steps, sm)], markers)]
+        hit_set = {h[0] for h in hits}
+        return ctx.triggered(
+            f"The {mode_name} loss {kind} over {num_steps} steps at step {r[0]}: {g(r[2])} -> {g(r[3])} "
+            f"({'+' if r[4] < 0 else '-'}{pct(abs(r[4]))}, {thr}); {len(hits)} of {len(rows)} checks failed.",
+            first_step=ctx.step_ref(r[0], 0 if mode_name == "train" else 1),
+            steps=step_runs(check_steps, [c in hit_set for c in check_steps]),
+            tensors=[t.name],
+            evidence=evidence,
+        )
+    evidence["plots"] = [_loss_plot(f"{t.name} ({mode_name})", [("loss", steps, y), ("median", steps, sm)], [])]
+    return ctx.ok(f"The {mode_name} loss decreased by at least {g(diff_percent)}% every {num_steps} steps "
+                  f"({len(rows)} checks, {g(sm[0])} -> {g(sm[-1])}).", tensors=[t.name], evidence=evidence)
+
+
+def _evaluations(train_steps: np.ndarray, train_y: np.ndarray, eval_steps: np.ndarray,
+                 eval_y: np.ndarray) -> list[dict[str, Any]]:
+    """Group eval rows into evaluations and pair each with the mean train loss since the
+    previous evaluation (or the last train loss when none was logged in between)."""
+    out: list[dict[str, Any]] = []
+    if not len(eval_steps):
+        return out
+    # an evaluation ends where a train step lies between two eval rows
+    groups: list[list[int]] = [[0]]
+    for i in range(1, len(eval_steps)):
+        between = np.count_nonzero((train_steps > eval_steps[i - 1]) & (train_steps < eval_steps[i]))
+        if between:
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    prev_end = -np.inf
+    for grp in groups:
+        s0, s1 = eval_steps[grp[0]], eval_steps[grp[-1]]
+        ev = float(np.nanmean(eval_y[grp]))
+        m = (train_steps > prev_end) & (train_steps <= s1)
+        if not m.any():
+            m = train_steps <= s1
+            if m.any():
+                m = train_steps == train_steps[m].max()
+        tr = float(np.nanmean(train_y[m])) if m.any() else float("nan")
+        out.append({"step": int(s0), "end": int(s1), "eval": ev, "train": tr,
+                    "train_steps_before": int(np.count_nonzero(train_steps <= s1))})
+        prev_end = s1
+    return out
+
+
+@rule(
+    id="Overfit",
+    problem_class="loss",
+    severity="warning",
+    needs=_loss_needs,
+    title="Overfitting",
+    ranges={"ratio_threshold": Range(ge=0), "patience": Range(ge=1), "start_step": Range(ge=0)},
+    problem="The eval loss is well above the train loss: the model memorises the training set.",
+    fix="Add regularisation (weight decay, dropout, data augmentation), use more data, a smaller model, "
+        "or stop earlier.",
+)
+def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.1, patience: int = 1, start_step: int = 0) -> Finding:
+    """r = (mean eval loss - mean train loss over the same period) / |mean train loss| > ratio_threshold for
+    patience consecutive evaluations after start_step.
+
+    Needs train- and eval-mode loss. Defaults from smdebug's ``Overfit`` (ratio_threshold=0.1,
+    patience=1, start_step=0).
+    """
+    tr = loss_series(ctx, "losses", 0)
+    ev = loss_series(ctx, "losses", 1)
+    if tr is None or ev is None:
+        return ctx.missing("losses", extra=" in both train and eval mode" if (tr or ev) else "")
+    evals = [e for e in _evaluations(tr[1], tr[2], ev[1], ev[2]) if e["step"] >= start_step and np.isfinite(e["train"])]
+    if not evals:
+        return ctx.not_evaluable(f"No evaluation after start_step={start_step} has a train loss to compare with.")
+    streak = 0
+    fired = None
+    hits = []
+    for e in evals:
+        e["ratio"] = (e["eval"] - e["train"]) / abs(e["train"]) if e["train"] != 0 else float("inf")
+        hit = e["ratio"] > ratio_threshold
+        hits.append(hit)
+        streak = streak + 1 if hit else 0
+        if streak >= patience and fired is None:
+            fired = e
+    evidence = {"evaluations": [{k: e[k] for k in ("step", "train", "eval", "ratio")} for e in evals[-200:]],
+                "plots": [_loss_plot("Train and eval loss", [("train", tr[1], tr[2]), ("eval", ev[1], ev[2])],
+                                     [{"x": fired["step"], "label": "overfitting"}] if fired else [])]}
+    if fired is not None:
+        return ctx.triggered(
+            f"The eval loss ({g(fired['eval'])}) exceeds the train loss ({g(fired['train'])}) by "
+            f"{pct(fired['ratio'])} > ratio_threshold={g(ratio_threshold)} at step {fired['step']}"
+            f" ({sum(hits)} of {len(evals)} evaluations).",
+            first_step=ctx.step_ref(fired["step"], 1),
+            steps=step_runs([e["step"] for e in evals], hits),
+            tensors=[tr[0].name, ev[0].name],
+            evidence=evidence,
+        )
+    worst = max(evals, key=lambda e: e["ratio"])
+    return ctx.ok(f"The eval loss stayed within {pct(ratio_threshold)} of the train loss over {len(evals)} "
+                  f"evaluations (worst {pct(worst['ratio'])} at step {worst['step']}).", evidence=evidence)
+
+
+def _underfit_needs(p: Mapping[str, Any]) -> list[Need]:
+    return [
+        _LOSS,
+        Need(name="accuracy", collections=("metrics",), regex=r"(?i)acc", source="stats", what="train accuracy"),
+        Need(name="labels", collections=("labels",), source="values", kernel=ClassCounts(), what="labels"),
+    ]
+
+
+@rule(
+    id="Underfit",
+    problem_class="loss",
+    severity="warning",
+    needs=_underfit_needs,
+    title="Underfitting",
+    ranges={"min_fraction": Range(gt=0, le=1), "max_relative_loss": Range(gt=0), "accuracy_margin": Range(ge=0, le=1),
+            "window": Range(ge=1)},
+    problem="The model does not fit even its training data: the train loss barely moved, or accuracy stays at chance.",
+    fix="Train longer or with a higher learning rate, use a bigger model, check that the labels match the inputs "
+        "and that nothing (frozen layers, a bug in the loss) blocks learning.",
+)
+def underfit(ctx: RuleContext, *, min_fraction: float = 0.5, max_relative_loss: float = 0.9,
+             accuracy_margin: float = 0.05, window: int = 5) -> Finding:
+    """After >= min_fraction of the captured train steps, the smoothed train loss L (median of window values)
+    stays >= max_relative_loss x L_initial through the last step; or the final smoothed train accuracy
+    <= chance + accuracy_margin, chance = the majority class share of the saved labels.
+
+    smdebug has no such rule; the defaults (half the run, 90 % of the initial loss, 5 points above
+    chance) are UMLAUT's and DeepDiagnosis' heuristics, to calibrate on the scenario suite.
+    """
+    tr = loss_series(ctx, "losses", 0)
+    acc = [t for t in ctx.with_stats("accuracy") if t.stats is not None and (t.stats.modes == 0).any()]
+    if tr is None and not acc:
+        return ctx.missing("losses")
+    evidence: dict[str, Any] = {}
+    if tr is not None and len(tr[1]) >= 2 * window:
+        t, steps, y = tr
+        sm = running_median(y, window)
+        start = int(np.ceil(min_fraction * (len(steps) - 1)))
+        l0 = float(sm[min(window, len(sm)) - 1])
+        evidence.update({"tensor": t.name, "initial_loss": l0, "final_loss": float(sm[-1])})
+        if l0 > 0 and np.isfinite(l0):
+            held = sm >= max_relative_loss * l0
+            if held[-1] and held[start:].any():
+                k = len(held) - 1
+                while k > start and held[k - 1]:
+                    k -= 1
+                evidence["plots"] = [_loss_plot(f"{t.name} (train)", [("loss", steps, y), ("median", steps, sm)],
+                                                [{"x": int(steps[k]), "label": "still near the initial loss"}])]
+                return ctx.triggered(
+                    f"The train loss is still {g(sm[-1])} after {len(steps)} steps, {pct(sm[-1] / l0)} of its initial "
+                    f"{g(l0)} (>= max_relative_loss={g(max_relative_loss)}).",
+                    first_step=ctx.step_ref(int(steps[k]), 0),
+                    steps=[[int(steps[k]), int(steps[-1])]], tensors=[t.name], evidence=evidence)
+    if acc:
+        labels = [t for t in ctx.with_result("labels") if any(r for r in t.result.records)]
+        if labels:
+            cnt: Counter[int] = Counter()
+            for r in labels[0].result.records:
+                cnt.update(r or {})
+            chance = max(cnt.values()) / sum(cnt.values())
+            a = acc[0]
+            assert a.stats is not None
+            m = a.stats.modes == 0
+            vals = a.stats.mean()[m]
+            vals = vals / 100 if np.nanmax(vals) > 1 else vals
+            final = float(running_median(vals, window)[-1])
+            evidence.update({"accuracy": final, "chance": chance, "accuracy_tensor": a.name})
+            if final <= chance + accuracy_margin:
+                return ctx.triggered(
+                    f"The train accuracy ({pct(final)}) is within accuracy_margin={g(accuracy_margin)} of chance "
+                    f"({pct(chance)}, the majority class).",
+                    first_step=ctx.step_ref(int(a.stats.steps[m][-1]), 0), tensors=[a.name], evidence=evidence)
+    if tr is None or len(tr[1]) < 2 * window:
+        return ctx.not_evaluable(f"Too few train loss values ({0 if tr is None else len(tr[1])}) to judge; "
+                                 f"Underfit needs at least 2 x window={2 * window}.")
+    if "initial_loss" in evidence and not evidence["initial_loss"] > 0:
+        return ctx.not_evaluable(f"The initial train loss is {g(evidence['initial_loss'])}; a relative loss "
+                                 "decrease is only meaningful for a positive loss.")
+    return ctx.ok(f"The train loss fell from {g(evidence['initial_loss'])} to {g(evidence['final_loss'])} "
+                  f"(below max_relative_loss={g(max_relative_loss)} of the initial).", evidence=evidence)
+
+
+@rule(
+    id="Overtraining",
+    problem_class="loss",
+    severity="info",
+    needs=_loss_needs,
+    title="Overtraining",
+    ranges={"patience_validation": Range(ge=1), "patience_train": Range(ge=0), "delta": Range(ge=0)},
+    problem="The eval loss stopped improving long ago while training went on: the steps after its best are wasted.",
+    fix="Use early stopping on the eval loss (keep the best checkpoint) or shorten the schedule.",
+)
+def overtraining(ctx: RuleContext, *, patience_validation: int = 10, patience_train: int = 5,
+                 delta: float = 0.01) -> Finding:
+    """The eval loss has had no new optimum (E < E_best - delta x |E_best|) for patience_validation
+    evaluations while >= patience_train train steps ran after its best.
+
+    Defaults from smdebug's ``Overtraining`` (patience_validation=10, patience_train=5,
+    delta=0.01, relative).
+    """
+    tr = loss_series(ctx, "losses", 0)
+    ev = loss_series(ctx, "losses", 1)
+    if ev is None:
+        return ctx.missing("losses", extra=" in eval mode")
+    train_steps = tr[1] if tr is not None else np.zeros(0, np.int64)
+    train_y = tr[2] if tr is not None else np.zeros(0)
+    evals = _evaluations(train_steps, train_y, ev[1], ev[2]) if tr is not None else [
+        {"step": int(s), "eval": float(v), "train_steps_before": 0} for s, v in zip(ev[1], ev[2], strict=True)]
+    if len(evals) <= patience_validation:
+        return ctx.not_evaluable(f"Only {len(evals)} evaluations were captured; Overtraining needs more than "
+                                 f"patience_validation={patience_validation}.")
+    best_i = 0
+    since = 0
+    fired = None
+    for i, e in enumerate(evals[1:], start=1):
+        if np.isfinite(e["eval"]) and e["eval"] < evals[best_i]["eval"] - delta * abs(evals[best_i]["eval"]):
+            best_i, since = i, 0
+            continue
+        since += 1
+        trained = np.count_nonzero(train_steps > evals[best_i]["end" if "end" in evals[best_i] else "step"]) if len(train_steps) else since
+        if since >= patience_validation and trained >= patience_train and fired is None:
+            fired = (i, best_i)
+    best = evals[best_i]
+    wasted = int(np.count_nonzero(train_steps > best["step"])) if len(train_steps) else len(evals) - 1 - best_i
+    evidence = {"best_step": best["step"], "best_eval_loss": best["eval"], "wasted_train_steps": wasted,
+                "evaluations": len(evals),
+                "plots": [_loss_plot("Eval loss", [("eval", ev[1], ev[2])] + ([("train", tr[1], tr[2])] if tr else []),
+                                     [{"x": best["step"], "label": "best eval loss"}])]}
+    if fired is not None:
+        i, b = fired
+        return ctx.triggered(
+            f"The eval loss last improved at step {best['step']} ({g(best['eval'])}); {len(evals) - 1 - best_i} "
+            f"evaluations and {wasted} train steps followed without an improvement > delta={g(delta)} "
+            f"(patience_validation={patience_validation}).",
+            first_step=ctx.step_ref(int(evals[i]["step"]), 1),
+            steps=[[int(evals[i]["step"]), int(evals[-1]["step"])]],
+            tensors=[ev[0].name],
+            evidence=evidence,
+        )
+    return ctx.ok(f"The eval loss kept improving: its best ({g(best['eval'])}) came at step {best['step']}, "
+                  f"within patience_validation={patience_validation} evaluations of the end.", evidence=evidence)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _confusion_needs(p: Mapping[str, Any]) -> list[Need]:
+    return [Need(name="pairs", collections=("predictions",), source="values", kernel=ConfusionCounts(),
+                 pair="labels", what="labels and predictions")]
+
+
+@rule(
+    id="Confusion",
+    problem_class="loss",
+    severity="warning",
+    needs=_confusion_needs,
+    title="Classifier confusion",
+    ranges={"min_diag": Range(ge=0, le=1), "max_off_diag": Range(ge=0, le=1)},
+    problem="The classifier confuses some classes: many of its predictions of a class belong to another one.",
+    fix="Look at the confused pairs: more (or cleaner) data for them, class weights, or features that separate them.",
+)
+def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 0.1) -> Finding:
+    """With C[label][prediction] summed over the saved steps, for each predicted class i:
+    C[i][i] / sum_k C[k][i] < min_diag, or C[j][i] / sum_k C[k][i] > max_off_diag for some j != i.
+    Classes never predicted are skipped, and reported.
+
+    Defaults from smdebug's ``Confusion`` (min_diag=0.9, max_off_diag=0.1).
+    """
+    data = ctx.with_result("pairs")
+    if not data:
+        return ctx.missing("pairs", extra=" (both the 'labels' and 'predictions' collections, saved at the same steps)")
+    results = []
+    for t in data:
+        cm: Counter[tuple[int, int]] = Counter()
+        for rec in t.result.records:
+            cm.update(rec)
+        if not cm:
+            continue
+        classes = sorted({a for a, _ in cm} | {b for _, b in cm})
+        col = {i: sum(cm.get((k, i), 0) for k in classes) for i in classes}
+        bad = []
+        for i in classes:
+            if not col[i]:
+                continue
+            prec = cm.get((i, i), 0) / col[i]
+            off = max(((cm.get((j, i), 0) / col[i], j) for j in classes if j != i), default=(0.0, -1))
+            if prec < min_diag or off[0] > max_off_diag:
+                bad.append((prec, i, off))
+        never = [i for i in classes if not col[i]]
+        mat = [[cm.get((a, b), 0) for b in classes] for a in classes]
+        results.append((t, classes, bad, never, mat, sum(cm.values())))
+    if not results:
+        return ctx.not_evaluable("Labels and predictions were captured but never at the same steps.")
+    evidence: dict[str, Any] = {"plots": []}
+    fired = None
+    for t, classes, bad, never, mat, n in results:
+        evidence[t.name] = {"classes": classes, "matrix": mat, "never_predicted": never, "pairs": n}
+        evidence["plots"].append(_plots.matrix(f"Confusion matrix ({t.layer})", classes, classes, mat))
+        if bad and fired is None:
+            bad.sort()
+            fired = (t, bad, never, n)
+    if fired is not None:
+        t, bad, never, n = fired
+        prec, i, (off_share, j) = bad[0]
+        text = (f"of the predictions of class {i}, only {pct(prec)} are right (min_diag={g(min_diag)})"
+                if prec < min_diag else "")
+        if off_share > max_off_diag:
+            text += ("; " if text else "") + f"{pct(off_share)} are class {j} (max_off_diag={g(max_off_diag)})"
+        never_txt = f"; never predicted: {names(never)}" if never else ""
+        return ctx.triggered(f"The classifier confuses classes in {t.name}: {text}; {len(bad)} class(es) "
+                             f"affected over {n} predictions{never_txt}.",
+                             first_step=ctx.step_ref(int(t.result.steps[0]), int(t.result.modes[0])),
+                             tensors=[str(b[1]) for b in bad], evidence=evidence)
+    never_all = [c for r in results for c in r[3]]
+    return ctx.ok(f"Every predicted class has precision >= {g(min_diag)} and no confusion above "
+                  f"{g(max_off_diag)}" + (f"; never predicted: {names(never_all)}" if never_all else "") + ".",
+                  evidence=evidence)
