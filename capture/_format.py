@@ -7,22 +7,24 @@ keys, dtypes, chunk shapes and statistic fields from here, so the two sides cann
 
 Layout (Zarr v3)::
 
-    <run>/                          group; attrs["trainaudit"] = RunAttrs (format_version, ...)
+    <run>/                          group; attrs["trainaudit"] = run attributes (format_version, ...)
       control/                      group; attrs["trainaudit_control"] = {"stop": {...}} (watchers)
       rank_<r>/                     group per rank; attrs["trainaudit_rank"] = the commit record
-        steps        int64 (cap, 3)      rows: [global_step, mode code, mode_step]
-        step_time    float64 (cap,)      wall-clock time of the row (unix seconds)
-        tensors/t<k>/                    one group per captured tensor (name in the commit record)
-          stats        float64 (cap, N_STATS)   STAT_FIELDS per saved step
-          stats_row    int64 (cap,)             row of ``steps`` each stats row belongs to
-          values       <dtype> (cap, *shape)    full values at value-saved steps
-          values_row   int64 (cap,)             row of ``steps`` each value row belongs to
-          values_shape int64 (cap, ndim)        the real shape of each saved value (padding)
+        steps        int64 (cap, 3)         rows: [global_step, mode code, mode_step]
+        step_time    float64 (cap,)         wall-clock time of the row (unix seconds)
+        stats        float64 (cap, N_STATS) the statistics log: STAT_FIELDS of every tensor
+        stats_index  int64 (cap, 2)         per log row: [tensor index, row of ``steps``]
+        tensors/t<k>/                       the tensor with index k (its name: commit record)
+          values       <dtype> (cap, *shape)    full values at value-saved steps (padded)
+          values_index int64 (cap, 1 + ndim)    per value row: [row of ``steps``, real shape...]
 
+All tensors of a rank share one statistics log, so a flush costs a handful of store writes
+whatever the size of the model (zarr costs milliseconds per operation, S3 tens of them).
 Arrays grow by capacity doubling; what a reader may see is given by the *commit record* in the
-rank's attributes (``committed``: number of step rows, and per tensor the number of stats and
-value rows). The writer writes chunks first and the commit record last, so a reader never sees
-a step whose data is not fully written, and a process killed mid-write leaves a readable run.
+rank's attributes (``committed_steps``, ``committed_stats`` and, per tensor, ``n_stats`` and
+``n_values``). The writer writes chunks first and the commit record last, so a reader never
+sees a step whose data is not fully written, and a process killed mid-write leaves a readable
+run.
 """
 
 from __future__ import annotations
@@ -104,12 +106,12 @@ STAT: Mapping[str, int] = {name: i for i, name in enumerate(STAT_FIELDS)}
 
 # Chunking targets: many steps per chunk and per shard, because S3 is slow with one object per
 # step (NOTES.md: sharding cut 1,005 objects to 25 and tripled read throughput).
-CHUNK_TARGET_BYTES = 1 << 20
+CHUNK_TARGET_BYTES = 256 << 10
 SHARD_TARGET_BYTES = 8 << 20
 MAX_CHUNK_STEPS = 512
 MAX_CHUNKS_PER_SHARD = 64
-STATS_CHUNK_ROWS = 4096
-ROW_CHUNK = 65536
+STATS_CHUNK_ROWS = 1024
+ROW_CHUNK = 4096
 
 
 def mode_code(mode: str) -> int:
@@ -196,6 +198,21 @@ def numpy_stats(values: np.ndarray) -> np.ndarray:
         out[STAT["max"]] = np.nan
         return out
     if flat.dtype.kind == "f":
+        return _float_stats(flat, out)
+    if flat.dtype.kind in "iu":
+        f64 = flat.astype(np.float64)
+        out[STAT["zero"]] = int(n - np.count_nonzero(flat))
+        out[STAT["min"]] = float(f64.min())
+        out[STAT["max"]] = float(f64.max())
+        out[STAT["sum"]] = float(f64.sum())
+        out[STAT["sumsq"]] = float(np.dot(f64, f64))
+        out[STAT["l1"]] = float(np.abs(f64).sum())
+        return out
+    raise TypeError(f"trainaudit stores numeric tensors only; got dtype {flat.dtype}")
+
+
+def _float_stats(flat: np.ndarray, out: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):  # NaN and Inf are counted, not warned about
         f = flat.astype(np.float64, copy=False) if flat.dtype.itemsize < 4 else flat
         finite_mask = None
         total = float(np.sum(f, dtype=np.float64))
@@ -217,16 +234,6 @@ def numpy_stats(values: np.ndarray) -> np.ndarray:
         out[STAT["sumsq"]] = float(np.dot(f64, f64))
         out[STAT["l1"]] = float(np.abs(f64).sum())
         return out
-    if flat.dtype.kind in "iu":
-        f64 = flat.astype(np.float64)
-        out[STAT["zero"]] = int(n - np.count_nonzero(flat))
-        out[STAT["min"]] = float(f64.min())
-        out[STAT["max"]] = float(f64.max())
-        out[STAT["sum"]] = float(f64.sum())
-        out[STAT["sumsq"]] = float(np.dot(f64, f64))
-        out[STAT["l1"]] = float(np.abs(f64).sum())
-        return out
-    raise TypeError(f"trainaudit stores numeric tensors only; got dtype {flat.dtype}")
 
 
 # --------------------------------------------------------------------------------------------

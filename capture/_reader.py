@@ -86,6 +86,7 @@ class TensorInfo:
     name: str
     collection: str
     rank: int
+    index: int
     key: str
     shape: tuple[int, ...] | None
     dtype: str | None
@@ -111,6 +112,8 @@ class Run:
         self.config: dict[str, Any] = attrs.get("config", {})
         self.stale_after = stale_after
         self._records: dict[int, dict[str, Any]] = {}
+        self._logs: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._steps_cache: dict[int, StepTable] = {}
         self._infos: dict[int, dict[str, TensorInfo]] = {}
         for key in sorted(root.group_keys()):
             r = F.parse_rank_key(key)
@@ -186,7 +189,11 @@ class Run:
         return int(self._record(rank).get("committed_steps", 0))
 
     def steps(self, rank: int = 0) -> StepTable:
-        """The committed steps of ``rank``."""
+        """The committed steps of ``rank`` (read once per Run object: reopen the run to see
+        steps committed later)."""
+        cached = self._steps_cache.get(rank)
+        if cached is not None:
+            return cached
         n = self.committed_steps(rank)
         if n == 0:
             e = np.zeros(0, dtype=np.int64)
@@ -194,7 +201,9 @@ class Run:
         g = self._rank_group(rank)
         rows = self._read(lambda: g["steps"][:n], f"rank {rank} step table")
         t = self._read(lambda: g["step_time"][:n], f"rank {rank} step times")
-        return StepTable(rows[:, 0], rows[:, 1], rows[:, 2], t)
+        table = StepTable(rows[:, 0], rows[:, 1], rows[:, 2], t)
+        self._steps_cache[rank] = table
+        return table
 
     # ------------------------------------------------------------------ tensors
     def tensors(self, collection: str | None = None, regex: str | None = None, rank: int = 0) -> list[TensorInfo]:
@@ -223,13 +232,30 @@ class Run:
     def stats(self, name: str, rank: int = 0) -> TensorStats:
         """Per-step statistics of tensor ``name`` at every committed step it was captured."""
         info = self.tensor(name, rank)
-        g = self._rank_group(rank)[info.key]
-        n = info.n_stats
-        if n == 0:
+        vals, rows = self._stats_log(rank).get(info.index, (None, None))
+        if vals is None or rows is None:
             return _empty_stats()
-        vals = self._read(lambda: g["stats"][:n], f"{name!r} statistics")
-        rows = self._read(lambda: g["stats_row"][:n], f"{name!r} statistics rows")
         return self._with_steps(rank, rows, vals)
+
+    def _stats_log(self, rank: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The rank's committed statistics log, split by tensor (read once, then cached)."""
+        cached = self._logs.get(rank)
+        if cached is not None:
+            return cached
+        n = int(self._record(rank).get("committed_stats", 0))
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if n:
+            g = self._rank_group(rank)
+            vals = self._read(lambda: g["stats"][:n], f"rank {rank} statistics")
+            index = self._read(lambda: g["stats_index"][:n], f"rank {rank} statistics index")
+            order = np.argsort(index[:, 0], kind="stable")
+            tids, starts = np.unique(index[order, 0], return_index=True)
+            bounds = list(starts[1:]) + [len(order)]
+            for tid, lo, hi in zip(tids.tolist(), starts.tolist(), bounds, strict=True):
+                sel = order[lo:hi]
+                out[int(tid)] = (vals[sel], index[sel, 1])
+        self._logs[rank] = out
+        return out
 
     def value_steps(self, name: str, rank: int = 0) -> TensorStats:
         """The steps at which full values of ``name`` were saved (``values`` is empty)."""
@@ -237,8 +263,8 @@ class Run:
         if info.n_values == 0:
             return _empty_stats()
         g = self._rank_group(rank)[info.key]
-        rows = self._read(lambda: g["values_row"][: info.n_values], f"{name!r} value rows")
-        return self._with_steps(rank, rows, np.zeros((len(rows), 0)))
+        index = self._read(lambda: g["values_index"][: info.n_values], f"{name!r} value index")
+        return self._with_steps(rank, index[:, 0], np.zeros((len(index), 0)))
 
     def values(self, name: str, step: int, rank: int = 0, mode: str | None = None) -> np.ndarray:
         """Full values of ``name`` at global ``step`` (its real shape)."""
@@ -260,15 +286,12 @@ class Run:
         info = self.tensor(name, rank)
         stop = min(stop, info.n_values)
         g = self._rank_group(rank)[info.key]
-        rows = g["values_row"][start:stop]
+        index = self._read(lambda: g["values_index"][start:stop], f"{name!r} value index rows {start}-{stop - 1}")
+        rows = index[:, 0]
         steps = self.steps(rank)
-        where = f"tensor {name!r} value rows {start}-{stop - 1} (steps {int(steps.global_step[rows[0]]) if len(rows) else '?'}-{int(steps.global_step[rows[-1]]) if len(rows) else '?'})"
-        vals = self._read(lambda: g["values"][start:stop], where)
-        if "values_shape" in g:
-            shapes = self._read(lambda: g["values_shape"][start:stop], where)
-        else:
-            shapes = np.zeros((stop - start, 0), dtype=np.int64)
-        return vals, shapes, steps.global_step[rows], steps.mode[rows]
+        span = f"steps {int(steps.global_step[rows[0]])}-{int(steps.global_step[rows[-1]])}" if len(rows) else "no steps"
+        vals = self._read(lambda: g["values"][start:stop], f"tensor {name!r} value rows {start}-{stop - 1} ({span})")
+        return vals, index[:, 1:], steps.global_step[rows], steps.mode[rows]
 
     def values_dask(self, name: str, rank: int = 0) -> Any:
         """A lazy dask array over all saved value rows of ``name`` (padded), chunked by shard."""
@@ -312,7 +335,7 @@ def _info(e: Mapping[str, Any], rank: int) -> TensorInfo:
     if shape is not None and e.get("dtype"):
         chunk, shard = F.values_layout(shape, np.dtype(e["dtype"]).itemsize)
     return TensorInfo(
-        name=e["name"], collection=e["collection"], rank=rank, key=e["key"], shape=shape, dtype=e.get("dtype"),
+        name=e["name"], collection=e["collection"], rank=rank, index=int(e["index"]), key=e["key"], shape=shape, dtype=e.get("dtype"),
         meta=e.get("meta") or {}, n_stats=int(e["n_stats"]), n_values=int(e["n_values"]),
         chunk_steps=chunk, shard_steps=shard,
     )

@@ -10,6 +10,7 @@ up: its steps are recorded as lost in the commit record, and capture goes on.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -102,16 +103,13 @@ class _Tensor:
     shape: list[int] | None = None
     dtype: str | None = None
     group: Any = None
-    stats: Any = None
-    stats_row: Any = None
     values: Any = None
-    values_row: Any = None
-    values_shape: Any = None
-    stats_cap: int = 0
+    values_index: Any = None
     values_cap: int = 0
 
     def entry(self) -> dict[str, Any]:
         return {
+            "index": self.index,
             "key": F.tensor_key(self.index),
             "name": self.name,
             "collection": self.collection,
@@ -175,6 +173,10 @@ class RunWriter:
         self.lost_steps: list[list[int]] = []
         self.dropped_steps: list[list[int]] = []
         self.committed_steps = 0
+        self.committed_stats = 0
+        self._stats_arr: Any = None
+        self._stats_index: Any = None
+        self._stats_cap = 0
         self._drop_lock = threading.Lock()
         self._started = datetime.now(UTC).isoformat()
         self._tensors: dict[str, _Tensor] = {}
@@ -301,36 +303,49 @@ class RunWriter:
             self._resume(prev)
         else:
             self._steps_cap = 1024
-            self._steps_arr = g.create_array(
+            steps_arr = g.create_array(
                 "steps", shape=(self._steps_cap, 3), chunks=(F.ROW_CHUNK // 4, 3), dtype="int64",
                 fill_value=-1, overwrite=True,
             )
-            self._time_arr = g.create_array(
+            time_arr = g.create_array(
                 "step_time", shape=(self._steps_cap,), chunks=(F.ROW_CHUNK // 4,), dtype="float64",
                 fill_value=np.nan, overwrite=True,
             )
+            stats_arr = g.create_array(
+                "stats", shape=(F.STATS_CHUNK_ROWS, F.N_STATS), chunks=(F.STATS_CHUNK_ROWS, F.N_STATS),
+                dtype="float64", fill_value=np.nan, overwrite=True,
+            )
+            index_arr = g.create_array(
+                "stats_index", shape=(F.STATS_CHUNK_ROWS, 2), chunks=(F.STATS_CHUNK_ROWS, 2),
+                dtype="int64", fill_value=-1, overwrite=True,
+            )
+            self._steps_arr, self._time_arr = steps_arr._async_array, time_arr._async_array
+            self._stats_arr, self._stats_index = stats_arr._async_array, index_arr._async_array
+            self._stats_cap = F.STATS_CHUNK_ROWS
         self._commit(status="running")
 
     def _resume(self, prev: Mapping[str, Any]) -> None:
         g = self._rank_group
-        self._steps_arr = g["steps"]
-        self._time_arr = g["step_time"]
+        self._steps_arr = g["steps"]._async_array
+        self._time_arr = g["step_time"]._async_array
+        self._stats_arr = g["stats"]._async_array
+        self._stats_index = g["stats_index"]._async_array
         self._steps_cap = int(self._steps_arr.shape[0])
+        self._stats_cap = int(self._stats_arr.shape[0])
         self.committed_steps = int(prev.get("committed_steps", 0))
+        self.committed_stats = int(prev.get("committed_stats", 0))
         self.errors = list(prev.get("errors", []))
         self.n_errors = int(prev.get("n_errors", len(self.errors)))
         self.lost_steps = [list(r) for r in prev.get("lost_steps", [])]
         self.dropped_steps = [list(r) for r in prev.get("dropped_steps", [])]
         for i, e in enumerate(prev.get("tensors", [])):
+            i = int(e.get("index", i))
             t = _Tensor(index=i, name=e["name"], collection=e["collection"], meta=dict(e.get("meta") or {}),
                         n_stats=int(e["n_stats"]), n_values=int(e["n_values"]), shape=e.get("shape"), dtype=e.get("dtype"))
-            t.group = g[F.tensor_key(i)]
-            if "stats" in t.group:
-                t.stats, t.stats_row = t.group["stats"], t.group["stats_row"]
-                t.stats_cap = int(t.stats.shape[0])
-            if "values" in t.group:
-                t.values, t.values_row = t.group["values"], t.group["values_row"]
-                t.values_shape = t.group["values_shape"] if "values_shape" in t.group else None
+            if t.n_values:
+                tg = g[F.tensor_key(i)]
+                t.group = tg._async_group
+                t.values, t.values_index = tg["values"]._async_array, tg["values_index"]._async_array
                 t.values_cap = int(t.values.shape[0])
             self._tensors[t.name] = t
 
@@ -376,41 +391,61 @@ class RunWriter:
         return out
 
     def _write_batch(self, pending: list[StepRecord], batch: list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]) -> None:
-        n0 = self.committed_steps
+        """Write one batch of steps.
+
+        The statistics of every tensor go into the rank's one statistics log (two writes per
+        batch, whatever the model's size); values go to their tensor's array. Every store
+        operation of a phase runs concurrently on zarr's event loop: zarr costs milliseconds
+        per operation locally and tens of milliseconds on S3.
+        """
+        n0, m0 = self.committed_steps, self.committed_stats
         k = len(pending)
         if k == 0:
             return
-        self._ensure_step_capacity(n0 + k)
-        rows = np.array([[r.global_step, F.mode_code(r.mode), r.mode_step] for r in pending], dtype=np.int64)
-        self._steps_arr[n0 : n0 + k] = rows
-        self._time_arr[n0 : n0 + k] = np.array([r.time for r in pending], dtype=np.float64)
-        # Gather per tensor, in step order, then write each tensor's rows in one slice.
-        per_tensor: dict[str, tuple[list[int], list[np.ndarray], list[int], list[np.ndarray]]] = {}
+        stat_rows: list[np.ndarray] = []
+        stat_index: list[tuple[int, int]] = []
+        per_tensor_values: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        counted: dict[str, int] = {}
         for i, resolved in enumerate(batch):
             for item, stats, values in resolved:
                 t = self._tensor(item)
-                acc = per_tensor.setdefault(t.name, ([], [], [], []))
-                acc[0].append(n0 + i)
-                acc[1].append(stats)
+                stat_rows.append(stats)
+                stat_index.append((t.index, n0 + i))
+                counted[t.name] = counted.get(t.name, 0) + 1
                 if values is not None:
-                    acc[2].append(n0 + i)
-                    acc[3].append(values)
-        new_counts: dict[str, tuple[int, int]] = {}
-        for name, (srows, stats, vrows, values) in per_tensor.items():
+                    acc = per_tensor_values.setdefault(t.name, ([], []))
+                    acc[0].append(n0 + i)
+                    acc[1].append(values)
+        values_in = {name: self._valid_values(self._tensors[name], *acc) for name, acc in per_tensor_values.items()}
+        values_in = {name: v for name, v in values_in.items() if v[0]}
+        m = len(stat_rows)
+        # Phase 1: create the value arrays of tensors whose values appear for the first time.
+        _gather([self._create_values(self._tensors[name], vals) for name, (_, vals) in values_in.items()
+                 if self._tensors[name].values is None])
+        # Phase 2: grow what is too small.
+        resizes = self._log_resizes(n0 + k, m0 + m)
+        for name, (vrows, vals) in values_in.items():
             t = self._tensors[name]
-            ns, nv = t.n_stats, t.n_values
-            if srows:
-                self._ensure_stats(t, ns + len(srows))
-                t.stats[ns : ns + len(srows)] = np.stack(stats)
-                t.stats_row[ns : ns + len(srows)] = np.asarray(srows, dtype=np.int64)
-                ns += len(srows)
-            if vrows:
-                nv = self._write_values(t, nv, vrows, values)
-            new_counts[name] = (ns, nv)
+            resizes += self._values_resizes(t, t.n_values + len(vrows), vals)
+        _gather(resizes)
+        # Phase 3: write every slice.
+        writes = [
+            self._steps_arr.setitem(slice(n0, n0 + k), np.array([[r.global_step, F.mode_code(r.mode), r.mode_step] for r in pending], dtype=np.int64)),
+            self._time_arr.setitem(slice(n0, n0 + k), np.array([r.time for r in pending], dtype=np.float64)),
+        ]
+        if m:
+            writes.append(self._stats_arr.setitem(slice(m0, m0 + m), np.stack(stat_rows)))
+            writes.append(self._stats_index.setitem(slice(m0, m0 + m), np.array(stat_index, dtype=np.int64)))
+        for name, (vrows, vals) in values_in.items():
+            writes += self._value_writes(self._tensors[name], vrows, vals)
+        _gather(writes)
         # Only now, with every chunk written, advance the counts the commit will publish.
-        for name, (ns, nv) in new_counts.items():
-            self._tensors[name].n_stats, self._tensors[name].n_values = ns, nv
+        for name, c in counted.items():
+            self._tensors[name].n_stats += c
+        for name, (vrows, _) in values_in.items():
+            self._tensors[name].n_values += len(vrows)
         self.committed_steps = n0 + k
+        self.committed_stats = m0 + m
 
     def _tensor(self, item: StepItem) -> _Tensor:
         t = self._tensors.get(item.name)
@@ -419,83 +454,62 @@ class RunWriter:
             self._tensors[item.name] = t
         return t
 
-    def _ensure_step_capacity(self, n: int) -> None:
-        if n > self._steps_cap:
-            cap = max(n, 2 * self._steps_cap)
-            self._steps_arr.resize((cap, 3))
-            self._time_arr.resize((cap,))
-            self._steps_cap = cap
+    def _valid_values(self, t: _Tensor, rows: list[int], values: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+        """Drop (and record) values whose rank differs from the tensor's stored rank."""
+        ndim = len(t.shape) if t.shape is not None else values[0].ndim
+        keep = [(r, v) for r, v in zip(rows, values, strict=True) if v.ndim == ndim]
+        if len(keep) < len(rows):
+            self._record_error("tensor", f"{t.name!r}: values of a rank other than {ndim} are not stored "
+                               f"({len(rows) - len(keep)} steps)", tensor=t.name)
+        return [r for r, _ in keep], [v for _, v in keep]
 
-    def _group(self, t: _Tensor) -> Any:
-        if t.group is None:
-            t.group = self._rank_group.require_group(F.tensor_key(t.index))
-        return t.group
+    async def _create_values(self, t: _Tensor, values: list[np.ndarray]) -> None:
+        first = values[0]
+        dtype = F.storage_dtype(first.dtype)
+        shape = [max(v.shape[d] for v in values) for d in range(first.ndim)]
+        chunk, shard = F.values_layout(tuple(shape), dtype.itemsize)
+        t.values_cap = -(-max(shard, len(values)) // shard) * shard
+        fill = np.nan if dtype.kind == "f" else 0
+        g = await self._rank_group._async_group.require_group(F.tensor_key(t.index))
+        t.values, t.values_index = await asyncio.gather(
+            g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape), shards=(shard, *shape),
+                           dtype=dtype, fill_value=fill, overwrite=True),
+            g.create_array("values_index", shape=(t.values_cap, 1 + len(shape)), chunks=(F.ROW_CHUNK, 1 + len(shape)),
+                           dtype="int64", fill_value=-1, overwrite=True),
+        )
+        t.group, t.shape, t.dtype = g, shape, str(dtype)
 
-    def _ensure_stats(self, t: _Tensor, n: int) -> None:
-        if t.stats is None:
-            g = self._group(t)
-            t.stats_cap = max(1024, n)
-            t.stats = g.create_array("stats", shape=(t.stats_cap, F.N_STATS), chunks=(F.STATS_CHUNK_ROWS, F.N_STATS),
-                                     dtype="float64", fill_value=np.nan, overwrite=True)
-            t.stats_row = g.create_array("stats_row", shape=(t.stats_cap,), chunks=(F.ROW_CHUNK,), dtype="int64",
-                                         fill_value=-1, overwrite=True)
-        elif n > t.stats_cap:
-            t.stats_cap = max(n, 2 * t.stats_cap)
-            t.stats.resize((t.stats_cap, F.N_STATS))
-            t.stats_row.resize((t.stats_cap,))
+    def _log_resizes(self, n_steps: int, n_stats: int) -> list[Any]:
+        out = []
+        if n_steps > self._steps_cap:
+            self._steps_cap = max(n_steps, 2 * self._steps_cap)
+            out += [self._steps_arr.resize((self._steps_cap, 3)), self._time_arr.resize((self._steps_cap,))]
+        if n_stats > self._stats_cap:
+            self._stats_cap = max(n_stats, 2 * self._stats_cap)
+            out += [self._stats_arr.resize((self._stats_cap, F.N_STATS)), self._stats_index.resize((self._stats_cap, 2))]
+        return out
 
-    def _write_values(self, t: _Tensor, nv: int, rows: list[int], values: list[np.ndarray]) -> int:
-        if t.values is None:
-            first = values[0]
-            dtype = F.storage_dtype(first.dtype)
-            shape = [max(v.shape[d] for v in values if v.ndim == first.ndim) for d in range(first.ndim)]
-            chunk, shard = F.values_layout(tuple(shape), dtype.itemsize)
-            g = self._group(t)
-            t.values_cap = max(shard, len(rows))
-            t.values_cap = -(-t.values_cap // shard) * shard
-            fill = np.nan if dtype.kind == "f" else 0
-            t.values = g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape),
-                                      shards=(shard, *shape), dtype=dtype, fill_value=fill, overwrite=True)
-            t.values_row = g.create_array("values_row", shape=(t.values_cap,), chunks=(F.ROW_CHUNK,), dtype="int64",
-                                          fill_value=-1, overwrite=True)
-            if shape:
-                t.values_shape = g.create_array("values_shape", shape=(t.values_cap, len(shape)),
-                                                chunks=(F.ROW_CHUNK // 8, len(shape)), dtype="int64", fill_value=-1, overwrite=True)
-            t.shape, t.dtype = shape, str(dtype)
+    def _values_resizes(self, t: _Tensor, n_values: int, values: list[np.ndarray]) -> list[Any]:
+        assert t.shape is not None
+        bigger = [max([t.shape[d]] + [v.shape[d] for v in values]) for d in range(len(t.shape))]
+        if n_values <= t.values_cap and bigger == t.shape:
+            return []
+        cap = max(n_values, 2 * t.values_cap) if n_values > t.values_cap else t.values_cap
+        t.values_cap, t.shape = cap, bigger
+        return [t.values.resize((cap, *bigger)), t.values_index.resize((cap, 1 + len(bigger)))]
+
+    def _value_writes(self, t: _Tensor, rows: list[int], values: list[np.ndarray]) -> list[Any]:
         assert t.shape is not None and t.dtype is not None
         dtype = np.dtype(t.dtype)
-        keep_rows, keep_vals = [], []
-        for r, v in zip(rows, values, strict=True):
-            if v.ndim != len(t.shape):
-                self._record_error("tensor", f"{t.name!r}: a value of shape {v.shape} at row {r} does not match the "
-                                   f"stored rank {len(t.shape)}; values of other ranks are not stored", tensor=t.name)
-                continue
-            keep_rows.append(r)
-            keep_vals.append(v)
-        if not keep_rows:
-            return nv
-        bigger = [max([t.shape[d]] + [v.shape[d] for v in keep_vals]) for d in range(len(t.shape))]
-        n_new = nv + len(keep_rows)
-        if n_new > t.values_cap or bigger != t.shape:
-            cap = max(n_new, 2 * t.values_cap) if n_new > t.values_cap else t.values_cap
-            t.values.resize((cap, *bigger))
-            t.values_row.resize((cap,))
-            if t.values_shape is not None:
-                t.values_shape.resize((cap, len(bigger)))
-            t.values_cap, t.shape = cap, bigger
-        same = all(tuple(v.shape) == tuple(t.shape) for v in keep_vals)
-        if same:
-            block = np.stack([np.asarray(v, dtype=dtype) for v in keep_vals])
-        else:
-            fill = np.nan if dtype.kind == "f" else 0
-            block = np.full((len(keep_vals), *t.shape), fill, dtype=dtype)
-            for i, v in enumerate(keep_vals):
+        if all(tuple(v.shape) == tuple(t.shape) for v in values):
+            block = np.stack([np.asarray(v, dtype=dtype) for v in values])
+        else:  # pad to the largest shape seen; values_index keeps each row's real shape
+            block = np.full((len(values), *t.shape), np.nan if dtype.kind == "f" else 0, dtype=dtype)
+            for i, v in enumerate(values):
                 block[(i, *[slice(0, s) for s in v.shape])] = v
-        t.values[nv:n_new] = block
-        t.values_row[nv:n_new] = np.asarray(keep_rows, dtype=np.int64)
-        if t.values_shape is not None:
-            t.values_shape[nv:n_new] = np.array([v.shape for v in keep_vals], dtype=np.int64)
-        return n_new
+        index = np.array([[r, *v.shape] for r, v in zip(rows, values, strict=True)], dtype=np.int64)
+        lo, hi = t.n_values, t.n_values + len(rows)
+        return [t.values.setitem(slice(lo, hi), block), t.values_index.setitem(slice(lo, hi), index)]
 
     def _commit(self, *, status: str) -> None:
         with self._drop_lock:
@@ -508,6 +522,7 @@ class RunWriter:
             "started": self._started,
             "heartbeat": time.time(),
             "committed_steps": self.committed_steps,
+            "committed_stats": self.committed_stats,
             "tensors": [t.entry() for t in sorted(self._tensors.values(), key=lambda t: t.index) if t.n_stats or t.n_values],
             "n_errors": self.n_errors,
             "errors": self.errors[-MAX_ERRORS_KEPT:],
@@ -567,6 +582,18 @@ class _Marker:
 
 
 _TIMEOUT = object()
+
+
+def _gather(coros: list[Any]) -> list[Any]:
+    """Run coroutines concurrently on zarr's event loop (and wait for all of them)."""
+    if not coros:
+        return []
+    from zarr.core.sync import sync
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*coros))
+
+    return sync(run())
 
 
 def _add_to_ranges(ranges: list[list[int]], step: int) -> None:
