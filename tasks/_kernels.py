@@ -103,12 +103,22 @@ class Block:
     @classmethod
     def from_rows(cls, rows: list[np.ndarray], *, steps: list[int] | None = None,
                   modes: list[int] | None = None) -> Block:
-        """A block of equally-shaped rows (tests, custom analysis)."""
-        arr = np.stack([np.asarray(r) for r in rows]) if rows else np.zeros((0,))
-        n = len(rows)
+        """A block of rows, padded to their largest shape as the reader pads them (NaN for
+        floats, 0 for integers)."""
+        arrs = [np.asarray(r) for r in rows]
+        n = len(arrs)
+        if not arrs:
+            return cls(values=np.zeros((0,)), shapes=np.zeros((0, 0), np.int64),
+                       steps=np.zeros(0, np.int64), modes=np.zeros(0, np.int64))
+        shapes = np.asarray([a.shape for a in arrs], dtype=np.int64).reshape(n, -1)
+        padded = tuple(int(v) for v in shapes.max(axis=0)) if shapes.size else ()
+        dtype = np.result_type(*arrs)
+        arr = np.full((n, *padded), np.nan if dtype.kind == "f" else 0, dtype=dtype)
+        for i, a in enumerate(arrs):
+            arr[(i, *[slice(0, d) for d in a.shape])] = a
         return cls(
             values=arr,
-            shapes=np.tile(np.asarray(arr.shape[1:], dtype=np.int64), (n, 1)),
+            shapes=shapes,
             steps=np.asarray(steps if steps is not None else range(n), dtype=np.int64),
             modes=np.asarray(modes if modes is not None else [0] * n, dtype=np.int64),
         )
