@@ -50,16 +50,16 @@ def evaluate_rule(pr: PlannedRule, plan: Plan, result: ScanResult) -> Finding:
             for key, kernel in pr.selected.get(need.name, []):
                 meta = plan.all_tensors[key]
                 errs = [e for e in result.errors.get(key, []) if e.source == need.source]
-                tp = plan.tensors.get(key)
-                if kernel is not None and kernel.paired and tp is not None and kernel in tp.partners:
-                    errs += result.errors.get(tp.partners[kernel].key, [])
+                host = plan.host_of(key, kernel)
+                if host != key:
+                    errs += [e for e in result.errors.get(host, []) if e.source == "values"]
                 if errs:
                     errors.extend(errs)
                     continue
                 res = None
                 if kernel is not None:
                     if (key, kernel) not in finalized:
-                        finalized[(key, kernel)] = _finalize(kernel, result.states.get(key, {}))
+                        finalized[(key, kernel)] = _finalize(kernel, result.states.get(host, {}))
                     res = finalized[(key, kernel)]
                 stats = result.stats.get(key) if need.source == "stats" else None
                 items.append(TensorData(meta=meta, stats=stats, result=res, kernel=kernel))

@@ -418,10 +418,12 @@ class ConfusionCounts(Kernel):
     """Per step, counts of (label, prediction) pairs; the partner block holds the labels.
 
     Record: ``{(label, prediction): count}``. Steps where labels were not saved are skipped;
-    rows of different lengths are cut to the shorter one.
+    rows of different lengths are cut to the shorter one. ``guest`` names the predictions tensor
+    (the planner sets it: the kernel runs in the labels' task).
     """
 
     paired = True
+    guest: str = ""
 
     def init(self) -> dict[int, tuple[int, dict[tuple[int, int], int]]]:
         return {}

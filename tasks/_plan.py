@@ -13,6 +13,7 @@ are tiny) and preferred by the rules wherever they suffice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -103,6 +104,7 @@ class TensorMeta:
     n_stats: int
     n_values: int
     shard_steps: int
+    chunk_steps: int = 0
     value_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), compare=False)
 
     @property
@@ -147,6 +149,7 @@ class TensorMeta:
             n_stats=int(getattr(info, "n_stats", 0) or 0),
             n_values=int(getattr(info, "n_values", 0) or 0),
             shard_steps=max(1, int(getattr(info, "shard_steps", 1) or 1)),
+            chunk_steps=max(0, int(getattr(info, "chunk_steps", 0) or 0)),
             value_steps=np.asarray(value_steps if value_steps is not None else np.zeros(0), dtype=np.int64),
         )
 
@@ -156,8 +159,8 @@ class TensorPlan:
     """Everything the scan reads of one tensor.
 
     ``kernels`` maps each kernel to the value-row range ``[lo, hi)`` it wants; ``blocks`` are
-    the row ranges one task each reads (shard-aligned); ``partners`` maps a paired kernel to its
-    partner tensor.
+    the row ranges one task each reads (shard-aligned); ``partners`` maps a paired kernel hosted
+    here to its guest tensor (read at the same steps in the same task).
     """
 
     tensor: TensorMeta
@@ -226,6 +229,14 @@ class Plan:
     block_bytes: int = DEFAULT_BLOCK_BYTES
     #: (global_step, mode code, mode_step) arrays of the first rank, sorted by global step
     step_table: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    #: (tensor, paired kernel) -> the tensor whose task computes it (the partner, e.g. labels)
+    hosted: Mapping[tuple[TensorKey, Kernel], TensorKey] = field(default_factory=dict)
+
+    def host_of(self, key: TensorKey, kernel: Kernel | None) -> TensorKey:
+        """The tensor under which the scan stores ``kernel``'s state for ``key``."""
+        if kernel is None:
+            return key
+        return self.hosted.get((key, kernel), key)
 
     @property
     def n_tasks(self) -> int:
@@ -258,13 +269,22 @@ def _row_range(rows: Rows, n: int) -> tuple[int, int]:
 
 
 def _blocks(t: TensorMeta, ranges: Iterable[tuple[int, int]], block_bytes: int) -> tuple[tuple[int, int], ...]:
-    """Shard-aligned blocks of at most ~``block_bytes`` covering every range."""
+    """Blocks of at most ~``block_bytes`` covering every range, aligned with the tensor's
+    shards (or, when a shard is larger than a block, its chunks), so no chunk is read twice.
+    Only a ``block_bytes`` smaller than one chunk gives unaligned blocks."""
     shard = max(1, t.shard_steps)
-    per = max(1, block_bytes // (_row_bytes(t) * shard)) * shard
+    chunk = max(1, min(t.chunk_steps or shard, shard))
+    rows = max(1, block_bytes // _row_bytes(t))
+    if rows >= shard:
+        per = (rows // shard) * shard
+    elif rows >= chunk:
+        per = (rows // chunk) * chunk
+    else:
+        per = rows
     wanted = sorted({(lo, hi) for lo, hi in ranges if hi > lo})
     out: list[tuple[int, int]] = []
     for lo, hi in wanted:
-        start = (lo // shard) * shard
+        start = (lo // per) * per
         while start < hi:
             b = (start, min(start + per, t.n_values))
             if b not in out and not any(a <= b[0] and b[1] <= z for a, z in out):
@@ -377,6 +397,7 @@ def make_plan(
     wants_stats: set[TensorKey] = set()
     wants_kernels: dict[TensorKey, dict[Kernel, tuple[int, int]]] = {}
     partners: dict[TensorKey, dict[Kernel, TensorMeta]] = {}
+    hosted: dict[tuple[TensorKey, Kernel], TensorKey] = {}
     for spec, p in zip(specs, resolved, strict=True):
         try:
             needs = tuple(spec.needs(p))
@@ -395,16 +416,24 @@ def make_plan(
                     kernel = need.kernel_for(t)
                     if kernel is None:
                         continue
-                    sel.append((t.key, kernel))
-                    if not t.n_values:
-                        continue
+                    host = t
                     if kernel.paired:
+                        # hosted on the partner (labels): its task reads this tensor's rows at the
+                        # same steps, so the labels are read once for every kernel on them
                         partner = _partner(t, need.pair or "labels", tensors)
-                        if partner is None:
+                        if partner is None or not t.n_values:
+                            sel.append((t.key, kernel))
                             continue
-                        partners.setdefault(t.key, {})[kernel] = partner
-                    lo, hi = _row_range(need.rows, t.n_values)
-                    k = wants_kernels.setdefault(t.key, {})
+                        if hasattr(kernel, "guest"):
+                            kernel = dataclasses.replace(kernel, guest=t.name)  # type: ignore[type-var]
+                        host = partner
+                        hosted[(t.key, kernel)] = partner.key
+                        partners.setdefault(partner.key, {})[kernel] = t
+                    sel.append((t.key, kernel))
+                    if not host.n_values:
+                        continue
+                    lo, hi = _row_range(need.rows if host is t else "all", host.n_values)
+                    k = wants_kernels.setdefault(host.key, {})
                     if kernel in k:  # two rules, one kernel: read the union of their rows
                         a, b = k[kernel]
                         lo, hi = min(a, lo), max(b, hi)
@@ -445,6 +474,7 @@ def make_plan(
         table = (g[order], np.asarray(st.mode, dtype=np.int64)[order], np.asarray(st.mode_step, dtype=np.int64)[order])
     return Plan(
         step_table=table,
+        hosted=hosted,
         uri=uri,
         opener=opener or RunOpener(uri, so),
         run_info=run_info(run),

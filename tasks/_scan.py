@@ -238,7 +238,6 @@ def _block_task(opener: Callable[[], Any], tp: TensorPlan, lo: int, hi: int) -> 
                 sub = block.select(int(t.value_steps[a]), int(t.value_steps[b - 1]))
             if not len(sub):
                 continue
-            partner = None
             if kernel.paired:
                 pt = tp.partners.get(kernel)
                 if pt is None:
@@ -253,10 +252,14 @@ def _block_task(opener: Callable[[], Any], tp: TensorPlan, lo: int, hi: int) -> 
                     )
                     if perr:
                         part.errors.setdefault(pt.key, []).extend(perr)
-                partner = partner_blocks[pt.key]
-                if partner is None:
+                guest = partner_blocks[pt.key]
+                if guest is None:
                     continue
-            states[kernel] = kernel.chunk(sub, partner)
+                if guest.values.size:
+                    part.nbytes += int(guest.values.nbytes)
+                states[kernel] = kernel.chunk(guest, sub)  # (predictions, labels)
+                continue
+            states[kernel] = kernel.chunk(sub, None)
     part.states[t.key] = states
     if errors:
         part.errors[t.key] = errors
