@@ -115,7 +115,8 @@ class Block:
         dtype = np.result_type(*arrs)
         arr = np.full((n, *padded), np.nan if dtype.kind == "f" else 0, dtype=dtype)
         for i, a in enumerate(arrs):
-            arr[(i, *[slice(0, d) for d in a.shape])] = a
+            index: tuple[Any, ...] = (i, *[slice(0, d) for d in a.shape])
+            arr[index] = a
         return cls(
             values=arr,
             shapes=shapes,

@@ -142,7 +142,8 @@ def test_full_audit_of_a_healthy_run_writes_audit_json(mlp: tuple[str, Any], cli
     for rid in ("TreeDepth", "FeatureImportanceOverweight", "TokenRatio", "TanhSaturation"):
         assert by[rid].status == "not_evaluable"
         assert "turn on" in by[rid].message
-    text = open(os.path.join(out, "audit.json")).read()
+    with open(os.path.join(out, "audit.json"), encoding="utf-8") as fh:
+        text = fh.read()
     back = AuditResult.from_json(text)
     assert [f.to_dict() for f in back.findings] == [f.to_dict() for f in res.findings]
     d = json.loads(text)
