@@ -22,6 +22,10 @@ __all__ = ["Recorder"]
 
 log = logging.getLogger("trainaudit.capture")
 
+#: How long a new Recorder waits for its writer to open the run (to learn where a resumed
+#: run's step numbering continues) before it starts counting from 0.
+RESUME_WAIT_SECONDS = 30.0
+
 
 class Recorder:
     """Record tensors of a training run into a trainaudit run.
@@ -72,6 +76,11 @@ class Recorder:
         self.mode_steps = {m: 0 for m in MODES}
         self._open: StepRecord | None = None
         self._closed = False
+        # Resumed training (this rank already holds committed steps): continue its numbering.
+        # Opening the store takes milliseconds locally, about a second on S3; bounded wait.
+        if self.writer.wait_ready(RESUME_WAIT_SECONDS) and self.writer.resume_from is not None:
+            self.global_step, modes = self.writer.resume_from
+            self.mode_steps.update(modes)
 
     # ------------------------------------------------------------------ step bookkeeping
     @property

@@ -186,6 +186,9 @@ class RunWriter:
         self._time_arr: Any = None
         self._steps_cap = 0
         self._last_commit = 0.0
+        #: Set when this rank already held committed steps (resumed training): the next
+        #: ``(global_step, {mode: mode_step})`` to use, so step numbers continue.
+        self.resume_from: tuple[int, dict[str, int]] | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"trainaudit-writer-{self.run_id}-r{self.rank}", daemon=True
@@ -348,6 +351,22 @@ class RunWriter:
                 t.values, t.values_index = tg["values"]._async_array, tg["values_index"]._async_array
                 t.values_cap = int(t.values.shape[0])
             self._tensors[t.name] = t
+        self.resume_from = self._next_steps(g, self.committed_steps)
+
+    def _next_steps(self, g: Any, n: int) -> tuple[int, dict[str, int]] | None:
+        """Where step numbering continues after ``n`` committed steps (and any lost ones)."""
+        last = max([r[1] for r in self.lost_steps + self.dropped_steps], default=-1)
+        modes: dict[str, int] = {}
+        if n:
+            rows = np.asarray(g["steps"][:n])
+            last = max(last, int(rows[:, 0].max()))
+            for code in np.unique(rows[:, 1]).tolist():
+                modes[F.mode_name(code)] = int(rows[rows[:, 1] == code, 2].max()) + 1
+        return (last + 1, modes) if last >= 0 else None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the writer thread has opened (or failed to open) the run."""
+        return self._ready.wait(timeout)
 
     def _flush(self, pending: list[StepRecord], *, final: bool) -> None:
         if self._rank_group is None:
@@ -361,13 +380,26 @@ class RunWriter:
                 return
         batch = self._resolve(pending)
         status = "complete" if final else "running"
+        written = False
+        first, last = (pending[0].global_step, pending[-1].global_step) if pending else (None, None)
         try:
             self._with_retries(lambda: self._write_batch(pending, batch), what="write steps")
+            written = True
             self._with_retries(lambda: self._commit(status=status), what="commit steps")
         except Exception as exc:
+            if written:
+                # The chunks are in the store and the counts advanced: the next commit that
+                # gets through publishes these steps, so they are not lost.
+                self._record_error("write", f"could not commit steps {first}-{last} yet: {exc}")
+                if not final:
+                    return
+                try:
+                    self._commit(status=status)
+                except Exception:
+                    log.warning("trainaudit: could not mark run %s complete", self.uri)
+                return
             for rec in pending:
                 _add_to_ranges(self.lost_steps, rec.global_step)
-            first, last = (pending[0].global_step, pending[-1].global_step) if pending else (None, None)
             self._record_error("write", f"steps {first}-{last} lost after {self.config.retries} attempts: {exc}")
             if final:  # still try to leave the run marked closed with the loss recorded
                 try:
@@ -402,6 +434,7 @@ class RunWriter:
         k = len(pending)
         if k == 0:
             return
+        self._sync_capacities()
         stat_rows: list[np.ndarray] = []
         stat_index: list[tuple[int, int]] = []
         per_tensor_values: dict[str, tuple[list[int], list[np.ndarray]]] = {}
@@ -447,10 +480,22 @@ class RunWriter:
         self.committed_steps = n0 + k
         self.committed_stats = m0 + m
 
+    def _sync_capacities(self) -> None:
+        """Take capacities and shapes from the arrays' metadata (no I/O). A resize that failed
+        (store outage) left the arrays as they were; bookkeeping ahead of them would make the
+        next write land out of bounds."""
+        self._steps_cap = int(self._steps_arr.shape[0])
+        self._stats_cap = int(self._stats_arr.shape[0])
+        for t in self._tensors.values():
+            if t.values is not None:
+                t.values_cap = int(t.values.shape[0])
+                t.shape = [int(d) for d in t.values.shape[1:]]
+
     def _tensor(self, item: StepItem) -> _Tensor:
         t = self._tensors.get(item.name)
         if t is None:
-            t = _Tensor(index=len(self._tensors), name=item.name, collection=item.collection, meta=dict(item.meta or {}))
+            index = max((x.index for x in self._tensors.values()), default=-1) + 1
+            t = _Tensor(index=index, name=item.name, collection=item.collection, meta=dict(item.meta or {}))
             self._tensors[item.name] = t
         return t
 

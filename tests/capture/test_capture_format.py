@@ -1,0 +1,261 @@
+"""The run format's pure parts: statistics (numpy reference and the torch fast path), storage
+dtypes, chunk layout, URIs, and the save schedules."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule
+from trainaudit.capture import _format as F
+from trainaudit.capture._torch import torch_stats
+
+
+def direct_stats(a: np.ndarray) -> dict[str, float]:
+    """The statistics computed the obvious way, independently of _format.numpy_stats."""
+    f = np.asarray(a).astype(np.float64).reshape(-1)
+    fin = f[np.isfinite(f)]
+    return {
+        "count": f.size,
+        "nan": int(np.isnan(f).sum()),
+        "posinf": int((f == np.inf).sum()),
+        "neginf": int((f == -np.inf).sum()),
+        "zero": int((fin == 0).sum()),
+        "min": float(fin.min()) if fin.size else math.nan,
+        "max": float(fin.max()) if fin.size else math.nan,
+        "sum": float(fin.sum()),
+        "sumsq": float((fin * fin).sum()),
+        "l1": float(np.abs(fin).sum()),
+    }
+
+
+def assert_stats_equal(got: np.ndarray, want: dict[str, float] | np.ndarray, rtol: float = 1e-6) -> None:
+    if not isinstance(want, dict):
+        want = dict(zip(STAT_FIELDS, want.tolist(), strict=True))
+    for i, name in enumerate(STAT_FIELDS):
+        g, w = float(got[i]), float(want[name])
+        if math.isnan(w):
+            assert math.isnan(g), f"{name}: got {g}, want nan"
+        elif math.isinf(w):  # float64 overflow of sumsq: both sides say inf
+            assert g == w, f"{name}: got {g!r}, want {w!r}"
+        else:
+            # Rounding differs with the summation order: bound it by the sum of magnitudes.
+            scale = max(1.0, abs(w), abs(float(want["l1"])) if name == "sum" else 0.0)
+            if name in ("sum", "sumsq", "l1"):
+                assert abs(g - w) <= rtol * scale + 1e-9, f"{name}: got {g!r}, want {w!r}"
+            else:
+                assert g == w, f"{name}: got {g!r}, want {w!r}"
+
+
+def test_stat_fields_order_is_the_contract() -> None:
+    assert STAT_FIELDS == ("count", "nan", "posinf", "neginf", "zero", "min", "max", "sum", "sumsq", "l1")
+    assert F.N_STATS == 10 and [F.STAT[n] for n in STAT_FIELDS] == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([1.0, -2.0, 0.0, 3.5], dtype=np.float32),
+        np.array([[np.nan, 1.0], [np.inf, -np.inf]], dtype=np.float64),
+        np.array([np.nan, np.nan], dtype=np.float32),
+        np.zeros((0, 3), dtype=np.float32),
+        np.array([0, 3, -7, 2], dtype=np.int64),
+        np.array([True, False, True]),
+        np.array([1.5, -0.0, 65504.0], dtype=np.float16),
+        np.array(4.25),
+    ],
+    ids=["f32", "nonfinite", "all-nan", "empty", "int", "bool", "f16", "scalar"],
+)
+def test_numpy_stats_match_direct_numpy(values: np.ndarray) -> None:
+    got = F.numpy_stats(values)
+    assert got.dtype == np.float64 and got.shape == (F.N_STATS,)
+    assert_stats_equal(got, direct_stats(values), rtol=0)
+    # The derived L2 norm of the finite elements
+    fin = values.astype(np.float64)[np.isfinite(values.astype(np.float64))]
+    assert math.isclose(math.sqrt(got[F.STAT["sumsq"]]), float(np.linalg.norm(fin)), rel_tol=1e-12, abs_tol=0)
+
+
+def test_numpy_stats_refuses_non_numeric() -> None:
+    with pytest.raises(TypeError, match="numeric"):
+        F.numpy_stats(np.array(["a", "b"]))
+
+
+_float_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9),
+    elements={"allow_nan": True, "allow_infinity": True},
+)
+_int_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.int8, np.int32, np.int64, np.uint8]),
+    shape=hnp.array_shapes(min_dims=1, max_dims=2, min_side=0, max_side=9),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_float_arrays, _int_arrays))
+def test_torch_stats_match_numpy_stats(a: np.ndarray) -> None:
+    """The training-side torch statistics equal the numpy reference, for any float16/32/64
+    or integer tensor, including NaN, +-Inf, empty and 0-d tensors."""
+    t = torch.from_numpy(a.copy())
+    want = F.numpy_stats(a)
+    assert_stats_equal(torch_stats(t), want, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=12),
+                  elements=st.floats(-1e4, 1e4, width=32)))
+def test_torch_stats_of_bfloat16_equal_numpy_of_its_float32_image(a: np.ndarray) -> None:
+    t = torch.from_numpy(a).to(torch.bfloat16)
+    assert_stats_equal(torch_stats(t), F.numpy_stats(t.float().numpy()), rtol=1e-5)
+
+
+def test_torch_stats_float32_overflow_of_sumsq_is_redone_in_float64() -> None:
+    a = np.full(4, 3e20, dtype=np.float32)  # finite, but a*a overflows float32
+    got = torch_stats(torch.from_numpy(a))
+    assert math.isfinite(got[F.STAT["sumsq"]])
+    assert math.isclose(got[F.STAT["sumsq"]], 4 * float(np.float32(3e20)) ** 2, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "stored"),
+    [("float16", "float16"), ("bfloat16", "float32"), ("torch.bfloat16", "float32"), ("float32", "float32"),
+     ("float64", "float64"), ("int64", "int64"), ("uint8", "uint8"), ("bool", "uint8"), ("int8", "int8")],
+)
+def test_storage_dtype_is_lossless(dtype: str, stored: str) -> None:
+    assert F.storage_dtype(dtype) == np.dtype(stored)
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "object", "U3"])
+def test_storage_dtype_refuses_non_numeric(dtype: str) -> None:
+    with pytest.raises(TypeError, match="numeric tensors only"):
+        F.storage_dtype(dtype)
+
+
+def test_values_layout_of_a_scalar_packs_many_steps_per_object() -> None:
+    assert F.values_layout((), 8) == (F.MAX_CHUNK_STEPS, F.MAX_CHUNK_STEPS * F.MAX_CHUNKS_PER_SHARD)
+
+
+def test_values_layout_bounds_object_sizes() -> None:
+    for shape in [(), (10,), (128, 128), (1024, 1024), (4096, 4096)]:
+        chunk, shard = F.values_layout(shape, 4)
+        step = max(1, math.prod(shape) * 4)
+        assert 1 <= chunk <= F.MAX_CHUNK_STEPS and shard % chunk == 0
+        assert chunk == 1 or chunk * step <= F.CHUNK_TARGET_BYTES
+        assert shard // chunk <= F.MAX_CHUNKS_PER_SHARD
+        assert shard // chunk == 1 or shard * step <= F.SHARD_TARGET_BYTES
+
+
+@pytest.mark.parametrize(
+    ("uri", "want"),
+    [("s3://b/runs/x/", "s3://b/runs/x"), ("memory://a", "memory://a"), ("file:///tmp/r", "/tmp/r")],
+)
+def test_normalize_uri(uri: str, want: str) -> None:
+    assert F.normalize_uri(uri) == want
+
+
+def test_normalize_uri_makes_local_paths_absolute_and_refuses_unknown_schemes() -> None:
+    import os
+
+    assert F.normalize_uri("runs/x") == os.path.abspath("runs/x")
+    with pytest.raises(ValueError, match="Unsupported run URI scheme 'ftp'"):
+        F.normalize_uri("ftp://host/run")
+
+
+def test_mode_codes_round_trip() -> None:
+    assert [F.mode_code(m) for m in F.MODES] == [0, 1, 2]
+    assert [F.mode_name(c) for c in (0, 1, 2)] == ["train", "eval", "predict"]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        F.mode_code("test")
+
+
+def test_keys() -> None:
+    assert F.rank_key(3) == "rank_3" and F.parse_rank_key("rank_12") == 12 and F.parse_rank_key("control") is None
+    assert F.tensor_key(7) == "tensors/t00007"
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+@pytest.mark.parametrize(
+    ("schedule", "saved"),
+    [
+        (SaveSchedule(every=1), list(range(12))),
+        (SaveSchedule(every=5), [0, 5, 10]),
+        (SaveSchedule(every=5, first=3), [0, 1, 2, 5, 10]),
+        (SaveSchedule(every=None, first=2), [0, 1]),
+        (SaveSchedule(every=4, start=3, end=9), [4, 8]),
+        (SaveSchedule(every=None, steps=(7, 2, 2, 11)), [2, 7, 11]),
+        (SaveSchedule.never(), []),
+        (SaveSchedule(every=3, start=4, first=2), [4, 5, 6, 9]),
+    ],
+    ids=["every1", "every5", "first3", "first-only", "start-end", "explicit", "never", "start-first"],
+)
+def test_schedule_due(schedule: SaveSchedule, saved: list[int]) -> None:
+    assert [s for s in range(12) if schedule.due(s)] == saved
+
+
+def test_schedule_modes() -> None:
+    s = SaveSchedule(every=1, modes=("eval",))
+    assert not s.due(0, "train") and s.due(0, "eval")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"every": 0}, "every=0"), ({"first": -1}, "first=-1"), ({"modes": ("test",)}, "modes contains 'test'")],
+)
+def test_schedule_rejects_bad_parameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SaveSchedule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"collections": ("weights", "gradz")}, "collections contains 'gradz'"),
+        ({"stats": {"gradz": SaveSchedule()}}, "unknown collection 'gradz'"),
+        ({"queue_size": 0}, "queue_size=0"),
+        ({"retries": 0}, "retries=0"),
+        ({"flush_seconds": 0}, "flush_seconds=0"),
+    ],
+)
+def test_config_rejects_bad_parameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CaptureConfig(**kwargs)
+
+
+def test_config_defaults() -> None:
+    cfg = CaptureConfig()
+    # statistics of everything every step
+    assert all(cfg.due(c, "train", s)[0] for c in cfg.collections for s in (0, 1, 7, 49, 51))
+    # values of the big tensors every DEFAULT_VALUE_INTERVAL steps plus the first ones
+    from trainaudit.capture._config import DEFAULT_FIRST_STEPS, DEFAULT_VALUE_INTERVAL
+
+    due = [s for s in range(120) if cfg.due("weights", "train", s)[1]]
+    assert due == sorted(set(range(DEFAULT_FIRST_STEPS)) | set(range(0, 120, DEFAULT_VALUE_INTERVAL)))
+    # losses, labels and predictions in full every step
+    assert all(cfg.due(c, "eval", 13)[1] for c in ("losses", "labels", "predictions"))
+
+
+def test_config_partial_mapping_keeps_the_other_defaults_and_round_trips() -> None:
+    cfg = CaptureConfig(values={"weights": SaveSchedule(every=7)})
+    assert cfg.values["weights"].every == 7
+    assert cfg.values["losses"].every == 1
+    d = cfg.to_dict()
+    assert d["values"]["weights"]["every"] == 7 and d["queue_size"] == cfg.queue_size
+    import json
+
+    json.dumps(d)  # stored in the run's attributes
+
+
+def test_config_filters() -> None:
+    cfg = CaptureConfig(include=(r"\.weight$", "loss"), exclude=("^gradients/2",))
+    assert cfg.wants("gradients", "gradients/0.weight")
+    assert not cfg.wants("gradients", "gradients/2.weight")
+    assert not cfg.wants("biases", "biases/0.bias")
+    assert cfg.wants("losses", "losses/loss")
+    assert not CaptureConfig(collections=("losses",)).wants("weights", "weights/0.weight")

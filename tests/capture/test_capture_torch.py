@@ -1,0 +1,421 @@
+"""TorchHook on real PyTorch trainings: every collection, what a step is, save schedules,
+modes, resume and distributed ranks. Each test compares the run with the tensors the training
+loop itself saw."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as Fn
+from _capture_models import (
+    SmallCNN,
+    TextModel,
+    classification_data,
+    mlp,
+    mlp_tanh_sigmoid,
+    token_data,
+    train,
+)
+from torch import nn
+from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run
+from trainaudit.capture import _format as F
+from trainaudit.capture._control import request_stop
+
+
+def _run_dir(local_dir: str, name: str = "run") -> str:
+    return os.path.join(local_dir, name)
+
+
+def _train_rows(run, name: str) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """(global steps, mode steps) of ``name``'s value rows in train mode."""
+    vs = run.value_steps(name)
+    keep = vs.mode == 0
+    return vs.step[keep], vs.mode_step[keep]
+
+
+def _assert_values(run, name: str, wanted: list[np.ndarray], *, rtol: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+    """Train-mode value rows of ``name`` equal ``wanted`` (indexed by train mode step), and the
+    statistics rows at those steps equal NumPy's statistics of the same arrays."""
+    steps, mode_steps = _train_rows(run, name)
+    assert len(steps) == len(wanted), f"{name}: {len(steps)} value rows, want {len(wanted)}"
+    st = run.stats(name)
+    by_step = {int(s): st.values[i] for i, s in enumerate(st.step)}
+    for step, ms in zip(steps.tolist(), mode_steps.tolist(), strict=True):
+        got = run.values(name, step)
+        want = wanted[ms]
+        assert got.shape == want.shape, (name, step)
+        if rtol:
+            np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{name} step {step}")
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} step {step}")
+        np.testing.assert_allclose(by_step[step], F.numpy_stats(want), rtol=1e-5, atol=1e-6, err_msg=f"{name} stats {step}")
+
+
+def test_mlp_relu_captures_every_collection(local_dir: str) -> None:
+    torch.manual_seed(0)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri, config=CaptureConfig.full(), run_id="mlp")
+    tr = train(model, hook, x, y, steps=6, eval_every=3, eval_batches=2)
+    hook.close()
+
+    run = open_run(uri)
+    assert run.status == "complete" and run.framework == "pytorch" and run.errors == [] and run.lost == {}
+    assert run.attrs["torch_version"] == torch.__version__
+    names = {t.name for t in run.tensors()}
+    expected = {
+        "inputs/model", "losses/loss", "labels/labels", "predictions/predictions",
+        "outputs/0", "outputs/1", "outputs/2", "outputs/3", "outputs/4",
+        "activation_inputs/1", "activation_inputs/3",
+        *(f"weights/{i}.weight" for i in (0, 2, 4)), *(f"biases/{i}.bias" for i in (0, 2, 4)),
+        *(f"gradients/{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")),
+        *(f"updates/{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")),
+    }
+    assert names == expected
+    assert set(run.collections) == {"inputs", "losses", "labels", "predictions", "outputs", "activation_inputs",
+                                    "weights", "biases", "gradients", "updates"}
+
+    # 6 optimizer steps; after steps 2 and 5 an eval pass of 2 forward calls (2 eval steps).
+    steps = run.steps()
+    assert steps.global_step.tolist() == list(range(10))
+    assert steps.mode.tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 1, 1]
+    assert steps.mode_step.tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 2, 3]
+    assert run.modes == ["train", "eval"]
+
+    for i in (0, 2, 4):
+        for p in ("weight", "bias"):
+            coll = "weights" if p == "weight" else "biases"
+            _assert_values(run, f"{coll}/{i}.{p}", [w[f"{i}.{p}"] for w in tr.weights])
+            _assert_values(run, f"gradients/{i}.{p}", [g[f"{i}.{p}"] for g in tr.grads])
+            # updates: ||W_s - W_{s-1}|| from step 1 on
+            upd = run.stats(f"updates/{i}.{p}")
+            want = [np.linalg.norm((tr.weights[s][f"{i}.{p}"].astype(np.float64) - tr.weights[s - 1][f"{i}.{p}"]).ravel())
+                    for s in range(1, 6)]
+            assert upd.mode_step.tolist() == [1, 2, 3, 4, 5]
+            np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-6)
+    _assert_values(run, "inputs/model", tr.inputs)
+    _assert_values(run, "labels/labels", tr.labels)
+    _assert_values(run, "outputs/4", tr.logits)
+    _assert_values(run, "predictions/predictions", [lg.argmax(1) for lg in tr.logits])
+    _assert_values(run, "losses/loss", [np.float32(v) for v in tr.losses])
+    # the ReLU sees the first Linear's output, and outputs its positive part
+    for s in range(6):
+        h = run.values("outputs/0", int(steps.global_step[(steps.mode == 0)][s]))
+        a = run.values("activation_inputs/1", int(steps.global_step[(steps.mode == 0)][s]))
+        np.testing.assert_array_equal(h, a)
+        np.testing.assert_array_equal(run.values("outputs/1", int(steps.global_step[(steps.mode == 0)][s])), np.maximum(a, 0))
+
+    # eval losses: one per eval forward pass, in eval mode
+    loss = run.stats("losses/loss")
+    np.testing.assert_allclose(loss.field("sum")[loss.mode == 1], tr.eval_losses, rtol=1e-6)
+    assert loss.mode_step[loss.mode == 1].tolist() == [0, 1, 2, 3]
+
+    # metadata the rules rely on
+    meta = {t.name: t.meta for t in run.tensors()}
+    assert meta["outputs/1"]["activation"] == "relu" and meta["outputs/1"]["module_type"] == "ReLU"
+    assert meta["activation_inputs/3"]["activation"] == "relu" and meta["activation_inputs/3"]["module"] == "3"
+    depths = [meta[f"outputs/{i}"]["depth"] for i in range(5)]
+    assert depths == sorted(depths) and len(set(depths)) == 5
+    w = meta["weights/2.weight"]
+    assert w["module"] == "2" and w["module_type"] == "Linear" and w["param"] == "weight"
+    assert (w["fan_in"], w["fan_out"]) == (32, 16)
+    assert run.tensor("weights/0.weight").shape == (32, 20) and run.tensor("weights/0.weight").dtype == "float32"
+
+
+def test_mlp_tanh_sigmoid_activation_inputs(local_dir: str) -> None:
+    torch.manual_seed(1)
+    model = mlp_tanh_sigmoid()
+    x, y = classification_data(128, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=CaptureConfig.full()) as hook:
+        train(model, hook, x, y, steps=3)
+    run = open_run(uri)
+    acts = {t.name: t.meta for t in run.tensors("activation_inputs")}
+    assert set(acts) == {"activation_inputs/1", "activation_inputs/3"}
+    assert acts["activation_inputs/1"]["activation"] == "tanh" and acts["activation_inputs/3"]["activation"] == "sigmoid"
+    for s in range(3):
+        a1 = run.values("activation_inputs/1", s)
+        np.testing.assert_array_equal(a1, run.values("outputs/0", s))
+        np.testing.assert_allclose(run.values("outputs/1", s), np.tanh(a1), rtol=1e-5, atol=1e-6)
+        a3 = run.values("activation_inputs/3", s)
+        np.testing.assert_allclose(run.values("outputs/3", s), 1 / (1 + np.exp(-a3)), rtol=1e-5, atol=1e-6)
+
+
+def test_small_cnn(local_dir: str) -> None:
+    torch.manual_seed(2)
+    model = SmallCNN()
+    x, y = classification_data(96, (1, 28, 28), 10)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=CaptureConfig.full()) as hook:
+        tr = train(model, hook, x, y, steps=3, batch=16)
+    run = open_run(uri)
+    assert run.errors == []
+    shapes = {t.name: t.shape for t in run.tensors()}
+    assert shapes["inputs/model"] == (16, 1, 28, 28)
+    assert shapes["weights/features.0.weight"] == (4, 1, 3, 3)
+    assert shapes["outputs/features.0"] == (16, 4, 28, 28)
+    assert shapes["activation_inputs/features.1"] == (16, 4, 28, 28)
+    assert shapes["outputs/features.5"] == (16, 8, 7, 7)
+    assert shapes["outputs/head"] == (16, 10)
+    assert run.tensor("weights/features.3.weight").meta["fan_in"] == 4 * 9
+    _assert_values(run, "weights/features.3.weight", [w["features.3.weight"] for w in tr.weights])
+    _assert_values(run, "gradients/head.weight", [g["head.weight"] for g in tr.grads])
+    _assert_values(run, "outputs/head", tr.logits)
+    _assert_values(run, "inputs/model", tr.inputs)
+
+
+def test_embedding_text_model_tokens(local_dir: str) -> None:
+    torch.manual_seed(3)
+    model = TextModel()
+    toks, y = token_data(64)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=CaptureConfig.full()) as hook:
+        tr = train(model, hook, toks, y, steps=3, batch=8)
+    run = open_run(uri)
+    tok = run.tensor("tokens/emb")
+    assert tok.collection == "tokens" and tok.dtype == "int64" and tok.meta["padding_idx"] == 0
+    _assert_values(run, "tokens/emb", tr.inputs)
+    # the model's own input is token ids too: collection tokens, not inputs
+    assert run.tensor("tokens/model").collection == "tokens" and not run.tensors("inputs")
+    assert run.tensor("outputs/emb").shape == (8, 6, 8)
+    _assert_values(run, "gradients/emb.weight", [g["emb.weight"] for g in tr.grads])
+
+
+def test_gradient_accumulation_a_step_is_an_optimizer_step(local_dir: str) -> None:
+    torch.manual_seed(4)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(512, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=CaptureConfig.full()) as hook:
+        tr = train(model, hook, x, y, steps=5, batch=8, accumulate=4)
+    run = open_run(uri)
+    assert run.steps().global_step.tolist() == list(range(5))  # 20 forward/backward, 5 steps
+    for name in ("0.weight", "4.bias"):
+        # the accumulated gradient of all 4 micro-batches
+        _assert_values(run, f"gradients/{name}", [g[name] for g in tr.grads])
+        _assert_values(run, f"weights/{name}" if name.endswith("weight") else f"biases/{name}", [w[name] for w in tr.weights])
+    # per-forward tensors keep the last micro-batch of the step
+    _assert_values(run, "inputs/model", tr.inputs)
+    assert run.stats("outputs/0").step.tolist() == list(range(5))
+
+
+CFG_CASES = {
+    "every-3": (CaptureConfig(values={"weights": SaveSchedule(every=3)}), [0, 3, 6]),
+    "first-2": (CaptureConfig(values={"weights": SaveSchedule(every=None, first=2)}), [0, 1]),
+    "start-end": (CaptureConfig(values={"weights": SaveSchedule(every=2, start=3, end=7)}), [4, 6]),
+    "explicit": (CaptureConfig(values={"weights": SaveSchedule(every=None, steps=(1, 5))}), [1, 5]),
+    "default": (CaptureConfig(), [0, 1]),
+}
+
+
+@pytest.mark.parametrize("case", list(CFG_CASES))
+def test_value_schedules(local_dir: str, case: str) -> None:
+    cfg, want = CFG_CASES[case]
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=cfg) as hook:
+        train(model, hook, x, y, steps=8)
+    run = open_run(uri)
+    assert run.value_steps("weights/0.weight").step.tolist() == want
+    assert run.stats("weights/0.weight").step.tolist() == list(range(8))  # stats every step
+    if case == "default":
+        assert run.value_steps("losses/loss").step.tolist() == list(range(8))
+        assert run.value_steps("inputs/model").step.tolist() == list(range(8))  # first 8 batches
+
+
+def test_stats_schedule_and_modes(local_dir: str) -> None:
+    # (a step whose values are saved always gets its statistics too: hence no gradient values)
+    cfg = CaptureConfig(stats={"gradients": SaveSchedule(every=2)},
+                        values={"losses": SaveSchedule(every=1, modes=("eval",)), "gradients": SaveSchedule.never()})
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=cfg) as hook:
+        train(model, hook, x, y, steps=4, eval_every=2, eval_batches=1)
+    run = open_run(uri)
+    assert run.stats("gradients/0.weight").mode_step.tolist() == [0, 2]
+    vs = run.value_steps("losses/loss")
+    assert set(vs.mode.tolist()) == {1} and len(vs) == 2
+
+
+def test_include_exclude_and_module_types(local_dir: str) -> None:
+    model = mlp_tanh_sigmoid()
+    x, y = classification_data(128, (20,), 4)
+    cfg = CaptureConfig(include=(r"^(weights|gradients|outputs|activation_inputs|losses)/",),
+                        exclude=(r"\.bias$", r"^gradients/4\."), module_types=("Tanh", "Linear"))
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=cfg) as hook:
+        train(model, hook, x, y, steps=2)
+    run = open_run(uri)
+    names = {t.name for t in run.tensors()}
+    assert names == {
+        "weights/0.weight", "weights/2.weight", "weights/4.weight",
+        "gradients/0.weight", "gradients/2.weight",
+        "outputs/0", "outputs/1", "outputs/2", "outputs/4",  # Linear and Tanh modules only
+        "activation_inputs/1",  # Tanh yes, Sigmoid (module 3) no
+        "losses/loss",
+    }
+
+
+def test_collections_subset(local_dir: str) -> None:
+    model = mlp(nn.ReLU)
+    x, y = classification_data(128, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri, config=CaptureConfig(collections=("losses", "gradients"))) as hook:
+        train(model, hook, x, y, steps=2)
+    assert set(open_run(uri).collections) == {"losses", "gradients"}
+
+
+def test_hook_without_optimizer_each_forward_is_a_step(local_dir: str) -> None:
+    torch.manual_seed(5)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(64, (20,), 4)
+    uri = _run_dir(local_dir)
+    lf = nn.CrossEntropyLoss()
+    hook = TorchHook(uri, config=CaptureConfig.full()).register(model, loss=lf)
+    grads = []
+    for s in range(4):
+        model.zero_grad()
+        lf(model(x[s * 8 : (s + 1) * 8]), y[s * 8 : (s + 1) * 8]).backward()
+        grads.append(model[0].weight.grad.numpy().copy())
+        with torch.no_grad():  # a hand-written SGD step
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+    hook.close()
+    run = open_run(uri)
+    assert run.steps().global_step.tolist() == [0, 1, 2, 3]
+    _assert_values(run, "gradients/0.weight", grads)
+    assert "weights/0.weight" not in {t.name for t in run.tensors()}  # read at optimizer steps only
+    assert run.stats("losses/loss").step.tolist() == [0, 1, 2, 3]
+
+
+def test_functional_loss_record_and_record_loss(local_dir: str) -> None:
+    """Module hooks never see F.cross_entropy: record_loss / record_labels / record fill in."""
+    torch.manual_seed(6)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = classification_data(64, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri, config=CaptureConfig.full()).register(model, optimizer=opt)
+    losses, acc = [], []
+    for s in range(3):
+        opt.zero_grad()
+        logits = model(x[s * 8 : (s + 1) * 8])
+        loss = Fn.cross_entropy(logits, y[s * 8 : (s + 1) * 8])
+        hook.record_loss(loss)
+        hook.record_labels(y[s * 8 : (s + 1) * 8], logits)
+        a = float((logits.argmax(1) == y[s * 8 : (s + 1) * 8]).float().mean())
+        hook.record("metrics/accuracy", a, collection="metrics")
+        hook.record("other/hidden", Fn.relu(logits))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        acc.append(a)
+    hook.close()
+    run = open_run(uri)
+    assert run.errors == []
+    np.testing.assert_allclose(run.stats("losses/loss").field("sum"), losses, rtol=1e-6)
+    np.testing.assert_allclose(run.stats("metrics/accuracy").field("sum"), acc)
+    assert run.stats("losses/loss").step.tolist() == [0, 1, 2]
+    assert run.values("labels/labels", 1).tolist() == y[8:16].tolist()
+    assert run.tensor("predictions/predictions").dtype == "int64"
+    assert run.stats("other/hidden").step.tolist() == [0, 1, 2]
+
+
+def test_explicit_mode(local_dir: str) -> None:
+    model = mlp(nn.ReLU)
+    x, _ = classification_data(64, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri).register(model)
+    hook.set_mode("predict")
+    with torch.no_grad():
+        for s in range(3):
+            model(x[s * 8 : (s + 1) * 8])
+    hook.close()
+    run = open_run(uri)
+    assert run.modes == ["predict"] and run.steps().mode_step.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        hook.set_mode("testing")
+
+
+def test_resume_continues_the_run(local_dir: str) -> None:
+    torch.manual_seed(7)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    cfg = CaptureConfig.full()
+    with TorchHook(uri, config=cfg) as hook:
+        tr1 = train(model, hook, x, y, steps=4, eval_every=4, eval_batches=1, optimizer=opt)
+    first = open_run(uri)
+    assert first.committed_steps() == 5
+    # The job restarts (a new hook, same URI and rank) and trains on.
+    with TorchHook(uri, config=cfg) as hook:
+        assert hook.step == 5
+        tr2 = train(model, hook, x, y, steps=3, optimizer=opt)
+    run = open_run(uri)
+    assert run.status == "complete" and run.errors == []
+    st = run.steps()
+    assert st.global_step.tolist() == list(range(8))
+    assert st.mode.tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    assert st.mode_step.tolist() == [0, 1, 2, 3, 0, 4, 5, 6]  # train steps continue at 4
+    _assert_values(run, "gradients/0.weight", [g["0.weight"] for g in tr1.grads + tr2.grads])
+    # updates continue across the restart only once two consecutive steps are seen again
+    assert run.stats("updates/0.weight").mode_step.tolist() == [1, 2, 3, 5, 6]
+
+
+def test_two_ranks_write_their_own_groups(local_dir: str) -> None:
+    """DDP-style: two ranks (here two hooks in one process) write one run URI."""
+    uri = _run_dir(local_dir)
+    x, y = classification_data(256, (20,), 4)
+    models = [mlp(nn.ReLU) for _ in range(2)]
+    hooks = [TorchHook(uri, rank=r, world_size=2, config=CaptureConfig.full()) for r in range(2)]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in models]
+    lfs = [nn.CrossEntropyLoss() for _ in range(2)]  # each rank (process) has its own
+    for h, m, o, lf in zip(hooks, models, opts, lfs, strict=True):
+        h.register(m, optimizer=o, loss=lf)
+    grads: list[list[np.ndarray]] = [[], []]
+    for s in range(4):
+        for r in range(2):  # each rank its own shard of the batch
+            xb, yb = x[(2 * s + r) * 8 : (2 * s + r + 1) * 8], y[(2 * s + r) * 8 : (2 * s + r + 1) * 8]
+            opts[r].zero_grad()
+            lfs[r](models[r](xb), yb).backward()
+            grads[r].append(models[r][0].weight.grad.numpy().copy())
+            opts[r].step()
+    for h in hooks:
+        h.close()
+    run = open_run(uri)
+    assert run.ranks == [0, 1] and run.status == "complete"
+    assert run.attrs["world_size"] == 2
+    for r in range(2):
+        assert run.steps(rank=r).global_step.tolist() == [0, 1, 2, 3]
+        assert all(t.rank == r for t in run.tensors(rank=r))
+        for s in range(4):
+            np.testing.assert_array_equal(run.values("gradients/0.weight", s, rank=r), grads[r][s])
+    assert not np.array_equal(run.values("gradients/0.weight", 0, rank=0), run.values("gradients/0.weight", 0, rank=1))
+
+
+def test_stop_request_reaches_the_training_loop(local_dir: str) -> None:
+    uri = _run_dir(local_dir)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    hook = TorchHook(uri, config=CaptureConfig(flush_steps=1, flush_seconds=0.05))
+    seen = []
+
+    def on_step(step: int) -> None:
+        if step == 2:
+            hook.flush()  # the run exists; a watcher asks it to stop
+            request_stop(uri, reason="loss is NaN")
+        seen.append(hook.stop_requested)
+
+    train(model, hook, x, y, steps=6, on_step=on_step)
+    hook.flush()  # the writer polls the stop marker after each flush
+    assert hook.stop_requested and hook.stop_reason == "loss is NaN"
+    hook.close()
+    assert open_run(uri).status == "complete"
+    assert not any(seen[:3])
