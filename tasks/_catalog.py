@@ -291,6 +291,50 @@ def format_catalog() -> str:
     return "\n".join(lines)
 
 
+def catalog_markdown() -> str:
+    """The catalog as the Markdown of ``docs/RULES.md`` (regenerate it with
+    ``python -m trainaudit.tasks._catalog > docs/RULES.md``)."""
+    import inspect as _inspect
+
+    titles = {"datasets": "Datasets", "loss": "Loss and accuracy", "weights": "Weights", "gradients": "Gradients",
+              "tensors": "Tensors", "activations": "Activation functions", "trees": "Decision trees (XGBoost)",
+              "custom": "Custom rules"}
+    out = [
+        "# Rules",
+        "",
+        "<!-- Generated from the rule docstrings and metadata by "
+        "`python -m trainaudit.tasks._catalog > docs/RULES.md`; do not edit by hand. -->",
+        "",
+        "Every audit evaluates each rule once and returns one finding per rule with the status "
+        "`triggered`, `ok`, `not_evaluable` (the data it needs was not captured: the message names the "
+        "collection to turn on) or `error` (the rule failed or its data is damaged: the message says where). "
+        "The contract (ids, conditions, defaults) is `RULES.md` of the design; this page is what the code does. "
+        "Override a parameter per audit with `params={\"DeadRelu\": {\"threshold_layer\": 40}}` "
+        "(or `--param DeadRelu.threshold_layer=40`); a value out of range is refused before anything is read.",
+        "",
+    ]
+    current = None
+    for d in catalog():
+        if d["problem_class"] != current:
+            current = d["problem_class"]
+            out += [f"## {titles.get(current, current)}", ""]
+        spec = _REGISTRY[d["id"]]
+        doc = _inspect.getdoc(spec.fn) or ""
+        paras = [p.replace("\n", " ") for p in doc.split("\n\n")]
+        out += [f"### `{d['id']}`: {d['title']}", "",
+                f"*Severity* **{d['severity']}**. {d['problem']}", "",
+                f"**Fires when** {paras[0] if paras else ''}", ""]
+        for p in paras[1:]:
+            out += [p, ""]
+        if d["parameters"]:
+            out += ["| parameter | default | allowed |", "|---|---|---|"]
+            for n, p in d["parameters"].items():
+                out.append(f"| `{n}` | `{p['default']!r}` | {(p['range'] or p['type']).replace('|', 'or')} |")
+            out.append("")
+        out += [f"**Usual fix:** {d['fix']}", ""]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters
 
@@ -382,3 +426,10 @@ def resolve_params(spec: RuleSpec, overrides: Mapping[str, Any] | None = None) -
         if msg:
             raise InvalidParameterError(f"{spec.id}: {msg}")
     return out
+
+
+if __name__ == "__main__":
+    # run as a script this module is a second copy: use the package's registry
+    from trainaudit.tasks._catalog import catalog_markdown as _md
+
+    print(_md(), end="")

@@ -142,3 +142,13 @@ def test_import_is_light() -> None:
             "bad = [m for m in ('prefect', 'dask', 'distributed', 'trainaudit.reports') if m in sys.modules]; "
             "assert not bad, bad; assert sorted(t.__all__) == sorted(set(t.__all__))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_docs_rules_md_is_generated_from_the_catalog() -> None:
+    import pathlib
+
+    from trainaudit.tasks._catalog import catalog_markdown
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "RULES.md"
+    assert path.read_text(encoding="utf-8") == catalog_markdown(), (
+        "docs/RULES.md is stale: run `python -m trainaudit.tasks._catalog > docs/RULES.md`")
