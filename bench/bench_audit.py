@@ -38,7 +38,6 @@ from trainaudit.capture import CaptureConfig, Recorder, open_run  # noqa: E402
 from trainaudit.capture._config import SaveSchedule  # noqa: E402
 from trainaudit.capture._format import COLLECTIONS  # noqa: E402
 from trainaudit.tasks import audit, make_plan, registry  # noqa: E402
-from trainaudit.tasks._kernels import Block  # noqa: E402
 from trainaudit.tasks._scan import _read, _stats_task  # noqa: E402
 
 SECTION = "## Audit"
@@ -115,7 +114,7 @@ def read_all(uri: str, client: Any) -> tuple[float, int]:
         for lo, hi in _blocks(t, [(0, t.n_values)], plan.block_bytes):
             futs.append(client.submit(_read_block, plan.opener, t.name, lo, hi, pure=False))
     names = [(0, t.name) for t in run.tensors()]
-    futs += [client.submit(_stats_task, plan.opener, names[i : i + 32], pure=False) for i in range(0, len(names), 32)]
+    futs.append(client.submit(_stats_task, plan.opener, names, pure=False))
     nbytes = sum(x for x in client.gather(futs) if isinstance(x, int))
     return time.perf_counter() - t0, nbytes
 
@@ -232,7 +231,10 @@ def s3_setup() -> tuple[Any, str]:
 
 def write_section(path: str, text: str) -> None:
     """Replace the ``## Audit`` section of ``path`` (or append it), leaving the others alone."""
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else "# Benchmarks\n"
+    old = "# Benchmarks\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = fh.read()
     lines = old.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
     if start is None:

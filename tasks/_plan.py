@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -190,30 +192,38 @@ class PlannedRule:
 
 @dataclass(frozen=True)
 class RunOpener:
-    """A picklable way for a worker to reopen the run (``open_run(uri, storage_options=...)``),
-    cached per process."""
+    """A picklable way for a worker to reopen the run (``open_run(uri, storage_options=...)``).
+
+    The open run is cached per process and per ``token`` (one per plan): the tasks of one audit
+    share it (and the statistics log it read once), while the next audit of a live run reopens
+    it and sees the steps committed since.
+    """
 
     uri: str
     storage_options: tuple[tuple[str, Any], ...] = ()
+    token: str = ""
 
     def __call__(self) -> Any:
-        return _open_cached(self.uri, self.storage_options)
+        return _open_cached(self.uri, self.storage_options, self.token)
 
 
-def _open_cached(uri: str, so: tuple[tuple[str, Any], ...]) -> Any:
+def _open_cached(uri: str, so: tuple[tuple[str, Any], ...], token: str) -> Any:
     from trainaudit.capture import open_run
 
-    key = (uri, repr(so))  # storage options may hold dicts: key on their repr
-    run = _RUN_CACHE.get(key)
+    key = (uri, repr(so), token)  # storage options may hold dicts: key on their repr
+    with _RUN_CACHE_LOCK:
+        run = _RUN_CACHE.get(key)
     if run is None:
         run = open_run(uri, storage_options=dict(so) or None)
-        if len(_RUN_CACHE) > 16:
-            _RUN_CACHE.clear()
-        _RUN_CACHE[key] = run
+        with _RUN_CACHE_LOCK:
+            while len(_RUN_CACHE) >= 4:  # oldest first
+                _RUN_CACHE.pop(next(iter(_RUN_CACHE)))
+            _RUN_CACHE[key] = run
     return run
 
 
-_RUN_CACHE: dict[tuple[str, str], Any] = {}
+_RUN_CACHE: dict[tuple[str, str, str], Any] = {}
+_RUN_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -476,7 +486,7 @@ def make_plan(
         step_table=table,
         hosted=hosted,
         uri=uri,
-        opener=opener or RunOpener(uri, so),
+        opener=opener or RunOpener(uri, so, uuid.uuid4().hex),
         run_info=run_info(run),
         rules=tuple(planned),
         tensors=tplans,

@@ -30,8 +30,6 @@ __all__ = ["ScanError", "StatsArrays", "ScanResult", "scan", "merge_scans"]
 
 #: how many states one merge task combines
 MERGE_FANIN = 8
-#: how many tensors' statistics one task reads
-STATS_PER_TASK = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -305,8 +303,12 @@ def scan(plan: Plan, *, client: Any = None, tensors: Iterable[TensorKey | str] |
     tps = _select_tensors(plan, tensors)
     # biggest first: the long tasks start early and the tail is made of small ones
     tps.sort(key=lambda tp: -sum(hi - lo for lo, hi in tp.blocks) * max(1, int(np.prod(tp.tensor.shape))))
-    stats_keys = [tp.key for tp in tps if tp.stats]
-    stats_groups = [stats_keys[i : i + STATS_PER_TASK] for i in range(0, len(stats_keys), STATS_PER_TASK)]
+    # one statistics task per rank: capture writes one statistics log per rank, read whole
+    stats_by_rank: dict[int, list[TensorKey]] = {}
+    for tp in tps:
+        if tp.stats:
+            stats_by_rank.setdefault(tp.key[0], []).append(tp.key)
+    stats_groups = list(stats_by_rank.values())
     result = ScanResult()
     n_tasks = 0
     if client is None:
