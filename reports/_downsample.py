@@ -80,19 +80,20 @@ def minmax_indices(y: np.ndarray, max_points: int) -> np.ndarray:
         return np.arange(n)
     n_buckets = max(1, (max_points - 2) // 3)
     starts = _edges(n, n_buckets)
-    stops = np.append(starts[1:], n)
+    bucket = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, n)))
     finite = np.isfinite(y)
     lo = np.where(finite, y, np.inf)
     hi = np.where(finite, y, -np.inf)
-    keep: list[int] = [0, n - 1]
-    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        f = finite[a:b]
-        if f.any():
-            keep.append(a + int(np.argmin(lo[a:b])))
-            keep.append(a + int(np.argmax(hi[a:b])))
-        if not f.all():
-            keep.append(a + int(np.argmin(f)))  # first non-finite in the bucket
-    return np.unique(np.asarray(keep, dtype=np.int64))
+    keep = [np.array([0, n - 1])]
+    for hit in (
+        finite & (lo == np.minimum.reduceat(lo, starts)[bucket]),  # each bucket's minimum
+        finite & (hi == np.maximum.reduceat(hi, starts)[bucket]),  # ... its maximum
+        ~finite,  # ... and its first non-finite value
+    ):
+        idx = np.flatnonzero(hit)
+        _, first = np.unique(bucket[idx], return_index=True)
+        keep.append(idx[first])
+    return np.unique(np.concatenate(keep).astype(np.int64))
 
 
 def downsample_xy(

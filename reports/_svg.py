@@ -19,7 +19,7 @@ import numpy as np
 
 from ._downsample import as_floats, as_matrix, bin_bands, bin_columns, bin_rows, downsample_xy
 from ._png import NONFINITE_RGB, NONPOSITIVE_RGB, colormap, png_data_uri
-from ._text import clip, esc, fmt, fmt_tick
+from ._text import clip, clip_middle, esc, fmt, fmt_tick
 
 __all__ = ["PlotLimits", "render_plot", "PLOT_KINDS"]
 
@@ -114,6 +114,13 @@ def _padded(lo: float, hi: float, *, log: bool) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _seq(v: Any) -> Any:
+    """A spec's list field (a list, or a NumPy array before serialisation); [] when absent."""
+    if v is None or isinstance(v, str | bytes | Mapping):
+        return []
+    return v
+
+
 def _p(v: float) -> str:
     return f"{v:.1f}".rstrip("0").rstrip(".")
 
@@ -205,7 +212,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _line(spec: Mapping[str, Any], lim: PlotLimits) -> str:
-    raw = [s for s in (spec.get("series") or []) if isinstance(s, Mapping)]
+    raw = [s for s in _seq(spec.get("series")) if isinstance(s, Mapping)]
     notes: list[str] = []
     if len(raw) > lim.series:
         notes.append(f"{len(raw) - lim.series} more series not drawn.")
@@ -214,7 +221,7 @@ def _line(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     per = max(60, lim.line_points // max(1, len(raw)))
     series = []
     for s in raw:
-        x, y = downsample_xy(s.get("x") or [], s.get("y") or [], per)
+        x, y = downsample_xy(_seq(s.get("x")), _seq(s.get("y")), per)
         series.append((str(s.get("name", "")), x, y))
     xs = [x[np.isfinite(x)] for _, x, _ in series]
     ok = [np.isfinite(x) & np.isfinite(y) & ((y > 0) if log else True) for _, x, y in series]
@@ -270,7 +277,7 @@ def _line(spec: Mapping[str, Any], lim: PlotLimits) -> str:
 
 def _heatmap(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     z = as_matrix(spec.get("z"))
-    labels = [str(v) for v in (spec.get("y") or [])]
+    labels = [str(v) for v in _seq(spec.get("y"))]
     notes: list[str] = []
     n_rows = z.shape[0]
     if len(labels) < n_rows:
@@ -308,7 +315,7 @@ def _heatmap(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     pix[..., 3] = np.where(val, 255, 0)
     pix[bad] = (*NONFINITE_RGB, 255)
     pix[nonpos] = (*NONPOSITIVE_RGB, 255)
-    max_len = max(len(clip(s, 26)) for s in labels)
+    max_len = max(len(clip_middle(s, 26)) for s in labels)
     left = min(190.0, 14 + FONT_W * max_len)
     right, top = W - 74.0, 10.0
     row_h = min(22.0, max(2.0, 520.0 / rows))
@@ -327,7 +334,7 @@ def _heatmap(spec: Mapping[str, Any], lim: PlotLimits) -> str:
                     f'height="{_p(row_h)}"><title>{esc(name)}</title></rect>')
         if i % every == 0:
             body.append(f'<text class="tick" x="{_p(left - 4)}" y="{_p(y + row_h / 2 + 4)}" '
-                        f'text-anchor="end">{esc(clip(name, 26))}</text>')
+                        f'text-anchor="end">{esc(clip_middle(name, 26))}</text>')
     # x: ticks in step units placed on the column they fall in (steps may be irregular)
     centers = left + (np.arange(cols) + 0.5) * cw
     monotonic = bool(np.all(np.diff(xb) > 0)) if cols > 1 else True
@@ -389,7 +396,7 @@ def _placed_x_axis(ticks: list[float], to_x: Callable[[float], float | None], y0
 
 
 def _bars(spec: Mapping[str, Any], lim: PlotLimits) -> str:
-    labels = [str(v) for v in (spec.get("labels") or [])]
+    labels = [str(v) for v in _seq(spec.get("labels"))]
     values = as_floats(spec.get("values"))
     n = min(len(labels), len(values))
     notes: list[str] = []
@@ -405,7 +412,7 @@ def _bars(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     hi = max([0.0, *fin.tolist()] + ([thr] if math.isfinite(thr) else []))
     if hi == lo:
         hi = lo + 1.0
-    max_len = max(len(clip(s, 30)) for s in labels)
+    max_len = max(len(clip_middle(s, 30)) for s in labels)
     left = min(210.0, 16 + FONT_W * max_len)
     right, top, row_h = W - 56.0, 10.0, 18.0
     bottom = top + n * row_h + 4
@@ -416,7 +423,7 @@ def _bars(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     for i, (name, v) in enumerate(zip(labels, values.tolist(), strict=True)):
         y = top + i * row_h
         body.append(f'<text class="tick" x="{_p(left - 5)}" y="{_p(y + 13)}" text-anchor="end">'
-                    f"<title>{esc(name)}</title>{esc(clip(name, 30))}</text>")
+                    f"<title>{esc(name)}</title>{esc(clip_middle(name, 30))}</text>")
         if math.isfinite(v):
             x = float(sx(v))
             body.append(f'<rect class="bar" x="{_p(min(x, zero))}" '
@@ -439,8 +446,8 @@ def _bars(spec: Mapping[str, Any], lim: PlotLimits) -> str:
 
 def _matrix(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     vals = as_matrix(spec.get("values"))
-    rows = [str(v) for v in (spec.get("rows") or [])]
-    cols = [str(v) for v in (spec.get("cols") or [])]
+    rows = [str(v) for v in _seq(spec.get("rows"))]
+    cols = [str(v) for v in _seq(spec.get("cols"))]
     nr, nc = vals.shape
     rows = (rows + [str(i) for i in range(len(rows), nr)])[:nr]
     cols = (cols + [str(i) for i in range(len(cols), nc)])[:nc]
@@ -454,9 +461,9 @@ def _matrix(spec: Mapping[str, Any], lim: PlotLimits) -> str:
         return _figure(spec, "", [], ["No values to draw."])
     row_sum = np.nansum(np.where(np.isfinite(vals), vals, 0), axis=1)
     share = np.divide(vals, row_sum[:, None], out=np.zeros_like(vals), where=row_sum[:, None] > 0)
-    max_len = max(len(clip(s, 18)) for s in rows)
+    max_len = max(len(clip_middle(s, 18)) for s in rows)
     left = min(150.0, 30 + FONT_W * max_len)
-    col_len = max(len(clip(s, 14)) for s in cols)
+    col_len = max(len(clip_middle(s, 14)) for s in cols)
     top = 26 + min(90.0, FONT_W * col_len * 0.72)
     cell = max(8.0, min(40.0, (W - left - 12) / nc, 460.0 / nr))
     h = top + nr * cell + 12
@@ -467,12 +474,12 @@ def _matrix(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     for j, name in enumerate(cols):
         x = left + (j + 0.5) * cell
         body.append(f'<text class="tick" transform="translate({_p(x + 3)} {_p(top - 5)}) '
-                    f'rotate(-45)"><title>{esc(name)}</title>{esc(clip(name, 14))}</text>')
+                    f'rotate(-45)"><title>{esc(name)}</title>{esc(clip_middle(name, 14))}</text>')
     show_text = cell >= 22
     for i, rname in enumerate(rows):
         y = top + i * cell
         body.append(f'<text class="tick" x="{_p(left - 5)}" y="{_p(y + cell / 2 + 4)}" '
-                    f'text-anchor="end"><title>{esc(rname)}</title>{esc(clip(rname, 18))}</text>')
+                    f'text-anchor="end"><title>{esc(rname)}</title>{esc(clip_middle(rname, 18))}</text>')
         for j, cname in enumerate(cols):
             v, s = float(vals[i, j]), float(share[i, j])
             x = left + j * cell
@@ -495,7 +502,7 @@ def _matrix(spec: Mapping[str, Any], lim: PlotLimits) -> str:
 def _bands(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     x = as_floats(spec.get("x"))
     med = as_floats(spec.get("median"))
-    raw = [b for b in (spec.get("bands") or []) if isinstance(b, Mapping)][:6]
+    raw = [b for b in _seq(spec.get("bands")) if isinstance(b, Mapping)][:6]
     n = min([len(x), len(med)] + [min(len(as_floats(b.get("lo"))), len(as_floats(b.get("hi"))))
                                   for b in raw])
     if n == 0:

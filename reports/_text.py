@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any
 
-__all__ = ["esc", "clip", "num", "fmt", "fmt_tick", "anchor_id", "is_nonfinite_str"]
+__all__ = ["esc", "clip", "clip_middle", "num", "fmt", "fmt_tick", "anchor_id", "is_nonfinite_str"]
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -27,6 +27,16 @@ def clip(text: str, n: int) -> str:
     """``text`` cut to ``n`` characters with an ellipsis (not escaped)."""
     text = str(text)
     return text if len(text) <= n else text[: max(1, n - 1)] + "…"
+
+
+def clip_middle(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters in the middle (``encoder.bl…fc.weight``): a layer's
+    name is told apart by its start and its end (not escaped)."""
+    text = str(text)
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head] + "…" + text[len(text) - (n - 1 - head):]
 
 
 def is_nonfinite_str(v: Any) -> bool:

@@ -64,6 +64,8 @@ def value_html(v: Any, lim: ValueLimits | None = None, depth: int = 0) -> str:
     """``v`` as escaped HTML, capped by ``lim``."""
     lim = lim or ValueLimits()
     if hasattr(v, "tolist") and not isinstance(v, str | bytes):
+        if getattr(v, "ndim", 0) >= 1 and len(v) > lim.list_items:  # convert only what shows
+            return value_html(v[: lim.list_items], lim, depth) + _more(len(v) - lim.list_items)
         v = v.tolist()
     if _scalar(v):
         return _scalar_html(v, lim)
@@ -76,10 +78,11 @@ def value_html(v: Any, lim: ValueLimits | None = None, depth: int = 0) -> str:
         return kv_table(v, lim, depth + 1)
     if isinstance(v, list | tuple):
         items: list[Any] = list(v)
-        if all(_scalar(x) for x in items):
+        head = items[: lim.record_rows + lim.list_items]  # judge the shape by what is shown
+        if all(_scalar(x) for x in head):
             shown = items[: lim.list_items]
             return ", ".join(_scalar_html(x, lim) for x in shown) + _more(len(items) - len(shown))
-        if items and all(isinstance(x, Mapping) for x in items) and depth < lim.depth:
+        if items and all(isinstance(x, Mapping) for x in head) and depth < lim.depth:
             return _records(items, lim, depth + 1)
         shown = items[: max(3, lim.list_items // 2)]
         inner = "".join(f"<li>{value_html(x, lim, depth + 1)}</li>" for x in shown)

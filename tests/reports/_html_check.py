@@ -6,9 +6,7 @@ from html.parser import HTMLParser
 
 #: Every element the report writes. Anything else in a parsed report was injected.
 ALLOWED_TAGS = frozenset(
-    "html head meta link title style body div h1 h2 h3 h4 p nav a section ul li span b code dl "
-    "dt dd table thead tbody tr th td details summary figure figcaption footer input select "
-    "option button script svg line text path rect circle g polygon image".split()
+    ["html", "head", "meta", "link", "title", "style", "body", "div", "h1", "h2", "h3", "h4", "p", "nav", "a", "section", "ul", "li", "span", "b", "code", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "th", "td", "details", "summary", "figure", "figcaption", "footer", "input", "select", "option", "button", "script", "svg", "line", "text", "path", "rect", "circle", "g", "polygon", "image"]
 )
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from _report_samples import HOSTILE_LAYERS, RULE_IDS, hostile_result, mlp_result
-
 import trainaudit.reports as reports
+from _report_samples import HOSTILE_LAYERS, RULE_IDS, hostile_result, mlp_result
 from trainaudit.reports import findings_table, markdown_summary
 
 

@@ -8,7 +8,6 @@ import re
 import pytest
 from _html_check import ParsedPage
 from _report_samples import RULE_IDS, healthy_result, long_result, mlp_result, xgb_result
-
 from trainaudit.reports import MAX_REPORT_BYTES, render_html, write_report
 from trainaudit.reports._script import SCRIPT, script_hash
 from trainaudit.reports._svg import PLOT_KINDS, PlotLimits, render_plot
@@ -149,7 +148,7 @@ def test_size_budget_holds_for_100k_steps_by_50_layers():
 
 
 def test_budget_shrinks_plots_before_dropping_them():
-    result = long_result(steps=20_000, layers=50)
+    result = long_result(steps=5_000, layers=50)
     full = render_html(result)
     small = render_html(result, max_bytes=len(full.encode()) // 3)
     assert len(small.encode()) <= len(full.encode()) // 3
