@@ -119,7 +119,7 @@ def verdict_card(result: AuditResult, ids: dict[int, str]) -> str:
             line += f" But {_plural(blind, 'rule')} could not look: see capture coverage."
     else:
         word, cls = verdict, f"v-{verdict}"
-        parts = [_plural(counts[s], s) for s in ("critical", "warning", "info") if counts[s]]
+        parts = [f"{counts[s]} {s}" for s in ("critical", "warning", "info") if counts[s]]
         line = f"{_plural(len(result.triggered), 'rule')} fired: {', '.join(parts)}."
     chips = []
     for key, label, c in (("critical", "critical", "sev-critical"),
@@ -237,10 +237,14 @@ def coverage_card(result: AuditResult, lim: PageLimits, ids: dict[int, str]) -> 
         rows.append("<dt>Coverage</dt><dd>The audit recorded no capture coverage.</dd>")
     blind = [f for f in ordered(result.findings) if f.status in ("not_evaluable", "error")]
     if blind:
-        blind_html = "".join(f'<li><a href="#{ids[id(f)]}">{esc(f.rule)}</a> '
-                        f'<span class="badge st-{esc(f.status)}">{esc(STATUS_LABEL.get(f.status, f.status))}</span> '
-                        f"{esc(clip(f.message, 200))}</li>" for f in blind)
-        rows.append(f'<dt>Could not look</dt><dd><ul class="fired" id="blind-rules">{blind_html}</ul></dd>')
+        lis = [f'<li><a href="#{ids[id(f)]}">{esc(f.rule)}</a> '
+               f'<span class="badge st-{esc(f.status)}">{esc(STATUS_LABEL.get(f.status, f.status))}</span> '
+               f"{esc(clip(f.message, 200))}</li>" for f in blind]
+        blind_html = f'<ul class="fired" id="blind-rules">{"".join(lis[:5])}</ul>'
+        if len(lis) > 5:
+            blind_html += (f"<details><summary>{len(lis) - 5} more rules could not look</summary>"
+                           f'<ul class="fired">{"".join(lis[5:])}</ul></details>')
+        rows.append(f"<dt>Could not look</dt><dd>{blind_html}</dd>")
     else:
         rows.append("<dt>Could not look</dt><dd>every rule could evaluate</dd>")
     warn = ""

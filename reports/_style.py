@@ -61,6 +61,7 @@ dl.facts dd{margin:0;word-break:break-word}
 .chips{display:flex;flex-wrap:wrap;gap:4px;margin:2px 0}
 .chip{background:var(--soft);border-radius:4px;padding:0 6px;font-size:12.5px}
 .chip.miss{text-decoration:line-through;opacity:.75}
+.top+#coverage{margin-top:14px}
 .warnbox{border-left:4px solid var(--warn);background:var(--warn-bg);padding:6px 10px;border-radius:4px;margin:8px 0}
 .controls{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:0 0 8px}
 .controls input,.controls select{font:inherit;padding:4px 8px;border:1px solid var(--line);border-radius:6px;background:var(--card);color:var(--fg)}
@@ -138,7 +139,8 @@ details>summary{cursor:pointer;color:var(--muted);font-size:13px;margin:6px 0}
 nav.toc{display:flex;flex-wrap:wrap;gap:14px;font-size:13px;margin:12px 0 0}
 footer{margin-top:30px;color:var(--muted);font-size:12px;border-top:1px solid var(--line);padding-top:8px}
 .group-title{font-size:15px;margin:18px 0 8px;color:var(--muted)}
-.small-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(360px,100%),1fr));gap:0 12px}
+.small-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(360px,100%),1fr));gap:0 12px;align-items:start}
+.small-grid>.finding:has(details[open]){grid-column:1/-1}
 @media print{
  :root{color-scheme:light;--bg:#fff;--fg:#000;--card:#fff;--line:#bbb;--muted:#444;--soft:#f0f0f0;
   --crit:#b00020;--warn:#9a5b00;--info:#0b57a4;--ok:#1b6e20;--ne:#555;--err:#8a1050;

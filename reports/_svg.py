@@ -465,7 +465,7 @@ def _matrix(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     left = min(150.0, 30 + FONT_W * max_len)
     col_len = max(len(clip_middle(s, 14)) for s in cols)
     top = 26 + min(90.0, FONT_W * col_len * 0.72)
-    cell = max(8.0, min(40.0, (W - left - 12) / nc, 460.0 / nr))
+    cell = max(8.0, min(64.0, (W - left - 12) / nc, 460.0 / nr))
     h = top + nr * cell + 12
     body = [f'<text class="alabel" x="{_p(left + nc * cell / 2)}" y="13" text-anchor="middle">'
             f'{esc(clip(str(spec.get("col_label", "")), 60))} →</text>',

@@ -78,6 +78,8 @@ def value_html(v: Any, lim: ValueLimits | None = None, depth: int = 0) -> str:
         return kv_table(v, lim, depth + 1)
     if isinstance(v, list | tuple):
         items: list[Any] = list(v)
+        if not items:
+            return '<span class="more">none</span>'
         head = items[: lim.record_rows + lim.list_items]  # judge the shape by what is shown
         if all(_scalar(x) for x in head):
             shown = items[: lim.list_items]
