@@ -8,7 +8,6 @@ run on the flow's Dask client (``prefect_dask.get_dask_client``) when there is o
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -35,13 +34,23 @@ def plan_task(uri: str, rules: Sequence[str] | None = None, params: Mapping[str,
 
 @task(name="trainaudit-scan", cache_policy=NO_CACHE)
 def scan_task(plan: Plan, tensors: Iterable[TensorKey | str] | None = None, client: Any = None) -> ScanResult:
-    if client is None:
-        with contextlib.suppress(Exception):
-            from prefect_dask import get_dask_client
+    """Scan a group of tensors with a Dask graph on the flow's cluster.
 
-            with get_dask_client() as c:
-                return scan(plan, client=c, tensors=tensors)
-    return scan(plan, client=client, tensors=tensors)
+    Under the DaskTaskRunner this body runs on a Dask worker thread; ``worker_client``
+    secedes that thread from the worker's pool while the graph runs. (A plain client here, as
+    ``prefect_dask.get_dask_client`` gives, would block a worker thread per scan task and
+    deadlock as soon as the scan tasks hold every thread.)
+    """
+    if client is not None:
+        return scan(plan, client=client, tensors=tensors)
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        return scan(plan, client=None, tensors=tensors)  # not on a Dask worker
+    with worker_client() as c:
+        return scan(plan, client=c, tensors=tensors)
 
 
 @task(name="trainaudit-merge", cache_policy=NO_CACHE)
