@@ -207,15 +207,17 @@ def moments_chunk(x: np.ndarray) -> np.ndarray:
     """The moment state of all elements of ``x``: non-finite elements are counted, not summed."""
     f = np.asarray(x, dtype=np.float64).reshape(-1)
     s = _empty_moments()
-    finite = np.isfinite(f)
-    if not finite.all():
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = float(f.sum())
+    if not math.isfinite(total):  # a finite sum means every element is finite: skip the mask
+        finite = np.isfinite(f)
         s[_NAN] = np.count_nonzero(np.isnan(f))
         s[_PINF] = np.count_nonzero(f == np.inf)
         s[_NINF] = np.count_nonzero(f == -np.inf)
         f = f[finite]
+        total = float(f.sum())
     n = f.size
     if n:
-        total = float(f.sum())
         d = f - total / n
         s[_N] = n
         s[_SUM] = total

@@ -337,6 +337,22 @@ def overtraining(ctx: RuleContext, *, patience_validation: int = 10, patience_tr
 # ---------------------------------------------------------------------------------------------
 
 
+def _confused(cm: Mapping[tuple[int, int], int], classes: list[int], min_diag: float,
+              max_off_diag: float) -> tuple[list[tuple[float, int, tuple[float, int]]], dict[int, int]]:
+    """The predicted classes that break the condition: ``(precision, class, (worst off-diagonal
+    share, its label))``, and the column sums."""
+    col = {i: sum(cm.get((k, i), 0) for k in classes) for i in classes}
+    bad = []
+    for i in classes:
+        if not col[i]:
+            continue
+        prec = cm.get((i, i), 0) / col[i]
+        off = max(((cm.get((j, i), 0) / col[i], j) for j in classes if j != i), default=(0.0, -1))
+        if prec < min_diag or off[0] > max_off_diag:
+            bad.append((prec, i, off))
+    return bad, col
+
+
 def _confusion_needs(p: Mapping[str, Any]) -> list[Need]:
     return [Need(name="pairs", collections=("predictions",), source="values", kernel=ConfusionCounts(),
                  pair="labels", what="labels and predictions")]
@@ -370,30 +386,30 @@ def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 
         if not cm:
             continue
         classes = sorted({a for a, _ in cm} | {b for _, b in cm})
-        col = {i: sum(cm.get((k, i), 0) for k in classes) for i in classes}
-        bad = []
-        for i in classes:
-            if not col[i]:
-                continue
-            prec = cm.get((i, i), 0) / col[i]
-            off = max(((cm.get((j, i), 0) / col[i], j) for j in classes if j != i), default=(0.0, -1))
-            if prec < min_diag or off[0] > max_off_diag:
-                bad.append((prec, i, off))
+        bad, col = _confused(cm, classes, min_diag, max_off_diag)
         never = [i for i in classes if not col[i]]
         mat = [[cm.get((a, b), 0) for b in classes] for a in classes]
-        results.append((t, classes, bad, never, mat, sum(cm.values())))
+        first = None
+        if bad:  # the first step at which the cumulative matrix already showed the confusion
+            cum: Counter[tuple[int, int]] = Counter()
+            for k, rec in enumerate(t.result.records):
+                cum.update(rec)
+                if _confused(cum, classes, min_diag, max_off_diag)[0]:
+                    first = (int(t.result.steps[k]), int(t.result.modes[k]))
+                    break
+        results.append((t, classes, bad, never, mat, sum(cm.values()), first))
     if not results:
         return ctx.not_evaluable("Labels and predictions were captured but never at the same steps.")
     evidence: dict[str, Any] = {"plots": []}
     fired = None
-    for t, classes, bad, never, mat, n in results:
+    for t, classes, bad, never, mat, n, first in results:
         evidence[t.name] = {"classes": classes, "matrix": mat, "never_predicted": never, "pairs": n}
         evidence["plots"].append(_plots.matrix(f"Confusion matrix ({t.layer})", classes, classes, mat))
         if bad and fired is None:
             bad.sort()
-            fired = (t, bad, never, n)
+            fired = (t, bad, never, n, first)
     if fired is not None:
-        t, bad, never, n = fired
+        t, bad, never, n, first = fired
         prec, i, (off_share, j) = bad[0]
         text = (f"of the predictions of class {i}, only {pct(prec)} are right (min_diag={g(min_diag)})"
                 if prec < min_diag else "")
@@ -402,7 +418,7 @@ def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 
         never_txt = f"; never predicted: {names(never)}" if never else ""
         return ctx.triggered(f"The classifier confuses classes in {t.name}: {text}; {len(bad)} class(es) "
                              f"affected over {n} predictions{never_txt}.",
-                             first_step=ctx.step_ref(int(t.result.steps[0]), int(t.result.modes[0])),
+                             first_step=ctx.step_ref(*first) if first else None,
                              tensors=[str(b[1]) for b in bad], evidence=evidence)
     never_all = [c for r in results for c in r[3]]
     return ctx.ok(f"Every predicted class has precision >= {g(min_diag)} and no confusion above "

@@ -272,3 +272,16 @@ def test_temporary_local_cluster(mlp: tuple[str, Any]) -> None:
     res = audit(uri, rules=["AllZero", "DeadRelu"])
     assert [f.status for f in res.findings] == ["ok", "ok"]
     assert res.timings["scan"] > 0
+
+
+def test_prefect_wrappers_run_the_same_code(mlp: tuple[str, Any], client: Any) -> None:
+    from trainaudit.tasks._prefect import evaluate_task, plan_task, scan_task
+
+    uri, _ = mlp
+    plan = plan_task.fn(uri, rules=["DeadRelu", "AllZero", "Confusion"])
+    keys = list(plan.tensors)
+    scans = [scan_task.fn(plan, tensors=keys[:3], client=client), scan_task.fn(plan, tensors=keys[3:], client=client)]
+    res = evaluate_task.fn(plan, scans)
+    direct = audit(uri, client=client, rules=["DeadRelu", "AllZero", "Confusion"])
+    assert [f.to_dict() for f in res.findings] == [f.to_dict() for f in direct.findings]
+    assert res.series.keys() == direct.series.keys()

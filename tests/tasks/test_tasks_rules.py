@@ -101,6 +101,7 @@ def test_confusion() -> None:
         f = run_rule("Confusion", {"pairs": [td(meta("predictions/predictions"), result=res)]})
         assert f.status == status, f.message
     assert "never predicted: 2" in f.message
+    assert f.first_step is not None and f.first_step.step == 0
     assert f.evidence["plots"][0]["kind"] == "matrix"
 
 
