@@ -202,7 +202,7 @@ def coverage_card(result: AuditResult, lim: PageLimits, ids: dict[int, str]) -> 
         rows.append(f'<dt>Captured</dt><dd><div class="chips">{chips}</div></dd>')
     elif coll is not None:
         rows.append("<dt>Captured</dt><dd>nothing</dd>")
-    missing = cov.get("missing")
+    missing = _first(cov, "missing", "missing_collections")
     if isinstance(missing, list) and missing:
         chips = "".join(f'<span class="chip miss">{esc(clip(str(m), 40))}</span>' for m in missing)
         rows.append(f'<dt>Not captured</dt><dd><div class="chips">{chips}</div></dd>')
@@ -214,7 +214,10 @@ def coverage_card(result: AuditResult, lim: PageLimits, ids: dict[int, str]) -> 
         text = value_html(lost, lim.values, lim.values.depth) if lost_any else "nothing"
         cls = ' class="nf"' if lost_any else ""
         rows.append(f"<dt>Lost in capture</dt><dd><span{cls}>{text}</span></dd>")
-    errors = cov.get("errors")
+    errors = _first(cov, "errors", "capture_errors")
+    scan_errors = cov.get("scan_errors")
+    if isinstance(scan_errors, list):  # errors reading the run count as lost coverage too
+        errors = (errors if isinstance(errors, list) else []) + scan_errors
     if isinstance(errors, list):
         if errors:
             items = []
@@ -227,11 +230,11 @@ def coverage_card(result: AuditResult, lim: PageLimits, ids: dict[int, str]) -> 
                 else:
                     items.append(f"<li>{value_html(e, lim.values, lim.values.depth)}</li>")
             more = f'<li class="more">… {len(errors) - len(items)} more</li>' if len(errors) > len(items) else ""
-            rows.append(f'<dt>Capture errors</dt><dd><ul class="fired">{"".join(items)}{more}</ul></dd>')
+            rows.append(f'<dt>Errors</dt><dd><ul class="fired">{"".join(items)}{more}</ul></dd>')
         else:
-            rows.append("<dt>Capture errors</dt><dd>none</dd>")
+            rows.append("<dt>Errors</dt><dd>none</dd>")
     for k, v in cov.items():
-        if k not in ("collections", "missing", "steps", "lost", "errors"):
+        if k not in _COVERAGE_KEYS:
             rows.append(f"<dt>{esc(clip(str(k), 40))}</dt><dd>{value_html(v, lim.values, lim.values.depth)}</dd>")
     if not rows:
         rows.append("<dt>Coverage</dt><dd>The audit recorded no capture coverage.</dd>")
@@ -253,6 +256,15 @@ def coverage_card(result: AuditResult, lim: PageLimits, ids: dict[int, str]) -> 
                 "what was captured.</p>")
     return (f'<div class="card" id="coverage"><div class="brand">Capture coverage</div>{warn}'
             f'<dl class="facts">{"".join(rows)}</dl></div>')
+
+
+_COVERAGE_KEYS = ("collections", "missing", "missing_collections", "steps", "lost", "errors",
+                  "capture_errors", "scan_errors")
+
+
+def _first(d: Mapping[str, Any], *keys: str) -> Any:
+    """The value of the first of ``keys`` present in ``d`` (coverage key spellings vary)."""
+    return next((d[k] for k in keys if k in d), None)
 
 
 def _has_loss(v: Any) -> bool:

@@ -168,7 +168,8 @@ def _markers(markers: Any, to_x: Callable[[float], float | None], top: float, bo
     legend: list[str] = []
     if not isinstance(markers, list):
         return out, legend
-    for i, m in enumerate(markers[:limit]):
+    lanes: list[list[tuple[float, float]]] = [[], [], []]  # label extents per text row
+    for m in markers[:limit]:
         if not isinstance(m, Mapping):
             continue
         xv = as_floats([m.get("x")])[0]
@@ -176,13 +177,20 @@ def _markers(markers: Any, to_x: Callable[[float], float | None], top: float, bo
         x = to_x(xv) if math.isfinite(xv) else None
         if x is None or not left - 0.5 <= x <= right + 0.5:
             continue
-        y = top + 11 + (i % 3) * 12
+        short = clip(label, 34)
+        width = len(short) * 6.0 + 4
         anchor, tx = ("end", x - 3) if x > left + 0.7 * (right - left) else ("start", x + 3)
+        span = (tx - width, tx) if anchor == "end" else (tx, tx + width)
+        lane = next((k for k, used in enumerate(lanes)
+                     if all(span[1] < a or span[0] > b for a, b in used)), None)
+        text = ""
+        if lane is not None:  # no free row: the line alone, the label is in the legend
+            lanes[lane].append(span)
+            text = (f'<text x="{_p(tx)}" y="{_p(top + 11 + lane * 12)}" text-anchor="{anchor}">'
+                    f"{esc(short)}</text>")
         tip = esc(f"{label} (x = {fmt(xv)})")
         out.append(f'<g class="marker"><title>{tip}</title>'
-                   f'<line x1="{_p(x)}" x2="{_p(x)}" y1="{_p(top)}" y2="{_p(bottom)}"/>'
-                   f'<text x="{_p(tx)}" y="{_p(y)}" text-anchor="{anchor}">'
-                   f"{esc(clip(label, 34))}</text></g>")
+                   f'<line x1="{_p(x)}" x2="{_p(x)}" y1="{_p(top)}" y2="{_p(bottom)}"/>{text}</g>')
         legend.append(f'<li><span class="sw marker-sw"></span>{esc(clip(label, 80))} '
                       f"at {esc(fmt(xv))}</li>")
     return out, legend
@@ -316,7 +324,7 @@ def _heatmap(spec: Mapping[str, Any], lim: PlotLimits) -> str:
     pix[bad] = (*NONFINITE_RGB, 255)
     pix[nonpos] = (*NONPOSITIVE_RGB, 255)
     max_len = max(len(clip_middle(s, 26)) for s in labels)
-    left = min(190.0, 14 + FONT_W * max_len)
+    left = max(44.0, min(190.0, 14 + FONT_W * max_len))  # room for the axis title
     right, top = W - 74.0, 10.0
     row_h = min(22.0, max(2.0, 520.0 / rows))
     bottom = top + rows * row_h
