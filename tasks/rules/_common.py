@@ -11,7 +11,7 @@ import numpy as np
 from .._context import RuleContext, TensorData
 from .._plan import TensorMeta
 
-__all__ = ["g", "pct", "unit_axis", "loss_series", "running_median", "first_true", "names"]
+__all__ = ["g", "pct", "unit_axis", "loss_series", "effective_modes", "running_median", "first_true", "names"]
 
 
 def g(x: float) -> str:
@@ -48,7 +48,11 @@ def running_median(y: np.ndarray, window: int) -> np.ndarray:
 
 def loss_series(ctx: RuleContext, need: str, mode: int) -> tuple[TensorData, np.ndarray, np.ndarray] | None:
     """The loss of ``mode`` (0 train, 1 eval): ``(tensor, steps, values)`` of the first loss
-    tensor holding rows of that mode (``losses/loss`` and ``losses/train`` preferred)."""
+    tensor holding rows of that mode (``losses/loss`` and ``losses/train`` preferred).
+
+    A tensor whose meta has a ``role`` (``"train"``/``"eval"``: XGBoost records every eval set
+    in mode train at the round's step) counts as that mode for all its rows.
+    """
     cands = ctx.with_stats(need)
 
     def pref(t: TensorData) -> tuple[int, str]:
@@ -58,11 +62,20 @@ def loss_series(ctx: RuleContext, need: str, mode: int) -> tuple[TensorData, np.
     for t in sorted(cands, key=pref):
         st = t.stats
         assert st is not None
-        m = st.modes == mode
+        m = effective_modes(t) == mode
         if m.any():
             y = st.mean()[m]
             return t, st.steps[m], y
     return None
+
+
+def effective_modes(t: TensorData) -> np.ndarray:
+    """The mode code of each stats row, with a ``role`` meta overriding the stored mode."""
+    assert t.stats is not None
+    role = str(t.meta.meta.get("role", "")).lower()
+    if role in ("train", "eval"):
+        return np.full(len(t.stats), 0 if role == "train" else 1, dtype=np.int64)
+    return t.stats.modes
 
 
 def first_true(mask: Sequence[bool] | np.ndarray) -> int | None:

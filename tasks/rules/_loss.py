@@ -20,7 +20,7 @@ from .._context import RuleContext, step_runs
 from .._findings import Finding
 from .._kernels import ClassCounts, ConfusionCounts
 from .._plan import Need
-from ._common import g, loss_series, names, pct, running_median
+from ._common import effective_modes, g, loss_series, names, pct, running_median
 
 _LOSS = Need(name="losses", collections=("losses",), source="stats", what="loss")
 
@@ -57,7 +57,10 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
     diff_percent=0.1) with a median smoothing window (5) so one noisy batch does not decide, and
     an explicit increase threshold (5 %).
     """
-    s = loss_series(ctx, "losses", 0) or loss_series(ctx, "losses", 1)
+    s = loss_series(ctx, "losses", 0)
+    mode_name = "train"
+    if s is None:
+        s, mode_name = loss_series(ctx, "losses", 1), "eval"
     if s is None:
         return ctx.missing("losses")
     t, steps, y = s
@@ -81,7 +84,6 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
         return ctx.not_evaluable("No two finite smoothed loss values num_steps apart were captured.")
     inc = [r for r in rows if -r[4] > increase_threshold_percent / 100]
     flat = [r for r in rows if r[4] < diff_percent / 100]
-    mode_name = "train" if (t.stats is not None and (t.stats.modes == 0).any()) else "eval"
     evidence: dict[str, Any] = {"tensor": t.name, "mode": mode_name, "checks": len(rows),
                                 "relative_decrease": {str(r[0]): r[4] for r in rows[-50:]}}
     hits = inc or flat
@@ -117,7 +119,8 @@ def _evaluations(train_steps: np.ndarray, train_y: np.ndarray, eval_steps: np.nd
     # an evaluation ends where a train step lies between two eval rows
     groups: list[list[int]] = [[0]]
     for i in range(1, len(eval_steps)):
-        between = np.count_nonzero((train_steps > eval_steps[i - 1]) & (train_steps < eval_steps[i]))
+        # (a train row at the eval row's own step also separates: XGBoost logs both per round)
+        between = np.count_nonzero((train_steps > eval_steps[i - 1]) & (train_steps <= eval_steps[i]))
         if between:
             groups.append([i])
         else:
@@ -221,7 +224,7 @@ def underfit(ctx: RuleContext, *, min_fraction: float = 0.5, max_relative_loss: 
     chance) are UMLAUT's and DeepDiagnosis' heuristics, to calibrate on the scenario suite.
     """
     tr = loss_series(ctx, "losses", 0)
-    acc = [t for t in ctx.with_stats("accuracy") if t.stats is not None and (t.stats.modes == 0).any()]
+    acc = [t for t in ctx.with_stats("accuracy") if (effective_modes(t) == 0).any()]
     if tr is None and not acc:
         return ctx.missing("losses")
     evidence: dict[str, Any] = {}
@@ -253,7 +256,7 @@ def underfit(ctx: RuleContext, *, min_fraction: float = 0.5, max_relative_loss: 
             chance = max(cnt.values()) / sum(cnt.values())
             a = acc[0]
             assert a.stats is not None
-            m = a.stats.modes == 0
+            m = effective_modes(a) == 0
             vals = a.stats.mean()[m]
             vals = vals / 100 if np.nanmax(vals) > 1 else vals
             final = float(running_median(vals, window)[-1])

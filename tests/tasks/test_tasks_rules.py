@@ -355,3 +355,20 @@ def test_feature_importance_overweight() -> None:
     flat = LastRows(n=1).chunk(Block.from_rows([np.ones(10)], steps=[9]))
     assert run_rule("FeatureImportanceOverweight", {"importance": [td(meta("feature_importance/gain"),
                                                                           result=flat)]}).status == "ok"
+
+
+def test_loss_rules_read_xgboost_roles() -> None:
+    """XGBoost logs every eval set in mode train at the round's step, with meta role."""
+    rounds = list(range(40))
+    train = [1.0 - 0.02 * r for r in rounds]
+    valid = [0.9 - 0.02 * r if r < 10 else 0.7 + 0.01 * (r - 10) for r in rounds]
+    data = {"losses": [
+        td(meta("losses/train", role="train", eval_set="train"), stats=scalar_stats(train, steps=rounds)),
+        td(meta("losses/valid", role="eval", eval_set="valid"), stats=scalar_stats(valid, steps=rounds)),
+    ]}
+    f = run_rule("Overfit", data)
+    assert f.status == "triggered" and f.first_step is not None and f.first_step.mode == "eval"
+    assert len(f.evidence["evaluations"]) == 40  # one evaluation per round
+    f = run_rule("Overtraining", data)
+    assert f.status == "triggered" and f.evidence["best_step"] == 10
+    assert run_rule("LossNotDecreasing", data).status == "ok"
