@@ -23,6 +23,18 @@ __all__ = [
 class TrainauditError(Exception):
     """Base class of every error trainaudit raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take other __init__ arguments than their message: rebuild from the
+        # message and attributes, so the errors cross to Dask workers and back.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[TrainauditError], args: tuple[object, ...], state: dict[str, object]) -> TrainauditError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class RunNotFoundError(TrainauditError, FileNotFoundError):
     """Nothing exists at the URI given as a run."""

@@ -232,7 +232,13 @@ class Run:
     def stats(self, name: str, rank: int = 0) -> TensorStats:
         """Per-step statistics of tensor ``name`` at every committed step it was captured."""
         info = self.tensor(name, rank)
-        vals, rows = self._stats_log(rank).get(info.index, (None, None))
+        try:
+            log = self._stats_log(rank)
+        except CorruptRunError as exc:  # the log is shared: say which tensor was asked for
+            cause = exc.__cause__
+            raise CorruptRunError(self.uri, f"the statistics of tensor {name!r} ({exc.where})",
+                                  f"{type(cause).__name__}: {cause}" if cause else str(exc)) from exc
+        vals, rows = log.get(info.index, (None, None))
         if vals is None or rows is None:
             return _empty_stats()
         return self._with_steps(rank, rows, vals)
@@ -377,13 +383,14 @@ def open_run(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] 
         raise RunNotFoundError(u)
     try:
         root = F.open_root(u, mode="r", storage_options=storage_options)
-    except FileNotFoundError as exc:
-        raise RunNotFoundError(u) from exc
     except Exception as exc:
         name = type(exc).__name__
-        if "NotFound" in name or "NodeTypeValidation" in name or "ContainsArray" in name:
-            if F.is_remote(u):
-                raise RunNotFoundError(u) from exc
+        if isinstance(exc, FileNotFoundError) or "NotFound" in name:
+            # Nothing there at all, or something that is not a Zarr group (a plain folder).
+            if _holds_anything(u, storage_options):
+                raise NotARunError(u, "there is no zarr.json (Zarr group metadata) there") from exc
+            raise RunNotFoundError(u) from exc
+        if "NodeTypeValidation" in name or "ContainsArray" in name:
             raise NotARunError(u, f"no Zarr group there ({name})") from exc
         if isinstance(exc, OSError | ConnectionError) or "Endpoint" in str(exc):
             raise StoreUnavailableError(u, str(exc)) from exc
@@ -394,3 +401,22 @@ def open_run(uri: str | os.PathLike[str], *, storage_options: Mapping[str, Any] 
     if attrs.get("format_version") not in F.SUPPORTED_VERSIONS:
         raise FormatVersionError(u, attrs.get("format_version"), F.SUPPORTED_VERSIONS)
     return Run(u, root, attrs, storage_options, stale_after)
+
+
+def _holds_anything(uri: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether anything at all exists at ``uri`` (a file, a folder, objects under a prefix)."""
+    if not F.is_remote(uri):
+        return os.path.exists(uri)
+    try:
+        from zarr.core.sync import sync
+
+        store = F.make_store(uri, read_only=True, storage_options=storage_options)
+
+        async def first() -> bool:
+            async for _ in store.list_dir(""):
+                return True
+            return False
+
+        return bool(sync(first()))
+    except Exception:
+        return False

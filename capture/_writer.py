@@ -636,7 +636,13 @@ def _gather(coros: list[Any]) -> list[Any]:
     from zarr.core.sync import sync
 
     async def run() -> list[Any]:
-        return list(await asyncio.gather(*coros))
+        # Wait for every operation, failed or not, before raising: a write still in flight
+        # after a failed attempt could land after the retry and overwrite newer rows.
+        results = await asyncio.gather(*coros, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
 
     return sync(run())
 
