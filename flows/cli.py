@@ -99,7 +99,20 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_defaults() -> None:
+    """Defaults for a command-line run, each overridable from the environment: the first flow
+    run starts Prefect's ephemeral server, which takes longer than Prefect's default timeout
+    on a busy 2-core machine (NOTES.md); Dask's INFO chatter hides our progress lines."""
+    import logging
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_defaults()
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not args.command:

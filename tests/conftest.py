@@ -3,6 +3,7 @@ backend, and quiet, isolated Prefect settings."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -10,6 +11,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
+logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's INFO chatter buries failures
 
 # Before anything imports torch / xgboost / prefect (NOTES.md: 2 cores, isolated Prefect).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
