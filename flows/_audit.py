@@ -19,8 +19,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.events import emit_event
 from prefect_dask import DaskTaskRunner
 
-from trainaudit.tasks import AuditResult
 from trainaudit.capture import open_run
+from trainaudit.tasks import AuditResult
 from trainaudit.tasks._prefect import evaluate_task, plan_task, scan_task
 
 from ._runs import audit_dir, run_fingerprint, slug
