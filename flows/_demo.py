@@ -132,6 +132,7 @@ def run_demo(out: str = "trainaudit-demo", *, dask_address: str | None = None, e
     runs_dir = os.path.join(out, "runs")
     audits_dir = os.path.join(out, "audits")
     shutil.rmtree(runs_dir, ignore_errors=True)
+    shutil.rmtree(audits_dir, ignore_errors=True)
     os.makedirs(runs_dir, exist_ok=True)
     echo(f"trainaudit demo: capturing three trainings into {os.path.abspath(runs_dir)}")
     for name, train in DEMOS:
@@ -142,7 +143,7 @@ def run_demo(out: str = "trainaudit-demo", *, dask_address: str | None = None, e
     rows = []
     for name, _ in DEMOS:
         t0 = time.perf_counter()
-        outcome = audit_run(os.path.join(runs_dir, name), out=audits_dir, dask_address=dask_address)
+        outcome = audit_run(os.path.join(runs_dir, name), out=os.path.join(audits_dir, name), dask_address=dask_address)
         result = outcome.result
         fired = ", ".join(f.rule for f in result.triggered) or "none"
         rows.append((name, result.verdict(), fired, outcome.report_path, time.perf_counter() - t0))

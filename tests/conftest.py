@@ -16,6 +16,7 @@ logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's INFO chatte
 
 # Before anything imports torch / xgboost / prefect (NOTES.md: 2 cores, isolated Prefect).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 _PREFECT_HOME = tempfile.mkdtemp(prefix="trainaudit-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
