@@ -312,16 +312,25 @@ def _blocks(t: TensorMeta, ranges: Iterable[tuple[int, int]], block_bytes: int) 
 
 
 def run_tensors(run: Any) -> dict[TensorKey, TensorMeta]:
-    """Every tensor of every rank, as :class:`TensorMeta`."""
+    """Every tensor of every rank, as :class:`TensorMeta` (the steps of their saved values are
+    read concurrently: on S3 each is a round trip)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    infos = [(rank, info) for rank in run.ranks for info in run.tensors(rank=rank)]
+
+    def steps_of(item: tuple[int, Any]) -> np.ndarray | None:
+        rank, info = item
+        if not int(getattr(info, "n_values", 0) or 0):
+            return None
+        return np.asarray(run.value_steps(info.name, rank=rank).step, dtype=np.int64)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        vsteps = list(pool.map(steps_of, infos))
     out: dict[TensorKey, TensorMeta] = {}
-    for rank in run.ranks:
-        for info in run.tensors(rank=rank):
-            vsteps = None
-            if int(getattr(info, "n_values", 0) or 0):
-                vsteps = np.asarray(run.value_steps(info.name, rank=rank).step, dtype=np.int64)
-            t = TensorMeta.from_info(info, vsteps)
-            t = TensorMeta(**{**t.__dict__, "rank": rank})
-            out[t.key] = t
+    for (rank, info), vs in zip(infos, vsteps, strict=True):
+        t = TensorMeta.from_info(info, vs)
+        t = dataclasses.replace(t, rank=rank)
+        out[t.key] = t
     return out
 
 

@@ -285,3 +285,27 @@ def test_prefect_wrappers_run_the_same_code(mlp: tuple[str, Any], client: Any) -
     direct = audit(uri, client=client, rules=["DeadRelu", "AllZero", "Confusion"])
     assert [f.to_dict() for f in res.findings] == [f.to_dict() for f in direct.findings]
     assert res.series.keys() == direct.series.keys()
+
+
+def test_existing_cluster_by_address(mlp: tuple[str, Any], client: Any) -> None:
+    uri, _ = mlp
+    res = audit(uri, address=client.scheduler.address, rules=["DeadRelu"])
+    assert res.finding("DeadRelu").status == "ok"
+
+
+def test_blocks_bound_the_memory_of_a_task(mlp: tuple[str, Any]) -> None:
+    """A task holds at most ~block_bytes of values (or one chunk, when a chunk is larger), and
+    the blocks of a tensor are disjoint and cover the rows its kernels want."""
+    uri, _ = mlp
+    run = open_run(uri)
+    for block_bytes in (1 << 12, 1 << 16, 1 << 26):
+        plan = make_plan(run, None, block_bytes=block_bytes)
+        for tp in plan.tensors.values():
+            t = tp.tensor
+            row = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+            for lo, hi in tp.blocks:
+                assert (hi - lo) * row <= max(block_bytes, row * max(1, t.chunk_steps)), (t.name, lo, hi)
+            covered = [i for lo, hi in tp.blocks for i in range(lo, hi)]
+            assert len(covered) == len(set(covered))
+            for klo, khi in tp.kernels.values():
+                assert set(range(klo, khi)) <= set(covered)
