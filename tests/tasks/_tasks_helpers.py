@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from trainaudit.capture._format import N_STATS, STAT
 from trainaudit.tasks import (
     Finding,

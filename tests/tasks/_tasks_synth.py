@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from trainaudit.capture import CaptureConfig, Recorder
 
 

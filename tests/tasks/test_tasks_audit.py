@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _tasks_synth import write_mlp_run
+
 from trainaudit.capture import CaptureConfig, InvalidParameterError, Recorder, open_run
 from trainaudit.tasks import (
     AuditResult,

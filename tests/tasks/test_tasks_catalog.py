@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from trainaudit.capture import DuplicateRuleError, InvalidParameterError, UnknownRuleError
 from trainaudit.tasks import (
     Need,

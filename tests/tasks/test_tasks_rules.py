@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _tasks_helpers import meta, run_rule, scalar_stats, stats_from, td
+
 from trainaudit.tasks import (
     Block,
     ChannelMoments,
