@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,7 +116,12 @@ class Run:
         self._logs: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self._steps_cache: dict[int, StepTable] = {}
         self._infos: dict[int, dict[str, TensorInfo]] = {}
-        for key in sorted(root.group_keys()):
+        with warnings.catch_warnings():
+            # A writer's atomic write leaves a short-lived "zarr.json.<id>.partial" file that
+            # zarr warns about while listing; it is not part of the run.
+            warnings.simplefilter("ignore")
+            rank_keys = sorted(root.group_keys())
+        for key in rank_keys:
             r = F.parse_rank_key(key)
             if r is None:
                 continue
@@ -280,7 +286,7 @@ class Run:
             raise KeyError(f"tensor {name!r} has no saved values at step {step}; saved at {vs.step[:20].tolist()}...")
         i = int(hit[0])
         vals, shapes, _, _ = self.values_block(name, i, i + 1, rank)
-        return vals[(0, *[slice(0, s) for s in shapes[0]])]
+        return vals[(0, *[slice(0, int(s)) for s in shapes[0]])]  # type: ignore[arg-type]
 
     def values_block(self, name: str, start: int, stop: int, rank: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Value rows ``[start, stop)`` of ``name``: ``(values, shapes, steps, modes)``.
