@@ -34,5 +34,6 @@ def stop_request(uri: str, *, storage_options: Mapping[str, Any] | None = None) 
         ctrl = zarr.open_group(store=root.store, path=F.CONTROL_GROUP, mode="r", zarr_format=3)
     except Exception:
         return None
-    stop = ctrl.attrs.asdict().get(F.CONTROL_ATTR, {}).get("stop")
+    control: Any = ctrl.attrs.asdict().get(F.CONTROL_ATTR) or {}
+    stop = control.get("stop")
     return dict(stop) if stop else None

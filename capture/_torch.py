@@ -174,7 +174,13 @@ class UpdatePayload:
         if self.norm is not None:
             v = float(self.norm.cpu())
         else:
-            v = float(torch.linalg.vector_norm((self.cur.double() - self.prev.double()).reshape(-1)))
+            # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
+            # their difference is exact (Sterbenz), and a float64 copy of both would cost the
+            # writer thread ~5x more (it competes with training for the CPU).
+            cur, prev = self.cur, self.prev
+            if cur.dtype not in _FLOATS:
+                cur, prev = cur.float(), prev.float()
+            v = float(torch.linalg.vector_norm(torch.sub(cur, prev).reshape(-1)))
         arr = np.asarray(v, dtype=np.float64)
         return F.numpy_stats(arr), (arr if want_values else None)
 

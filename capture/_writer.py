@@ -254,6 +254,7 @@ class RunWriter:
         cfg = self.config
         while True:
             timeout = max(0.01, cfg.flush_seconds - (time.monotonic() - last_flush))
+            rec: Any
             try:
                 rec = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -551,7 +552,7 @@ class RunWriter:
         else:  # pad to the largest shape seen; values_index keeps each row's real shape
             block = np.full((len(values), *t.shape), np.nan if dtype.kind == "f" else 0, dtype=dtype)
             for i, v in enumerate(values):
-                block[(i, *[slice(0, s) for s in v.shape])] = v
+                block[(i, *[slice(0, s) for s in v.shape])] = v  # type: ignore[index]
         index = np.array([[r, *v.shape] for r, v in zip(rows, values, strict=True)], dtype=np.int64)
         lo, hi = t.n_values, t.n_values + len(rows)
         return [t.values.setitem(slice(lo, hi), block), t.values_index.setitem(slice(lo, hi), index)]
@@ -587,7 +588,8 @@ class RunWriter:
             import zarr
 
             ctrl = zarr.open_group(store=self._root.store, path=F.CONTROL_GROUP, mode="r", zarr_format=3)
-            stop = ctrl.attrs.asdict().get(F.CONTROL_ATTR, {}).get("stop")
+            control: Any = ctrl.attrs.asdict().get(F.CONTROL_ATTR) or {}
+            stop = control.get("stop")
         except Exception:
             return  # no control group yet
         if stop:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
 from trainaudit.capture import TorchHook
 
 torch.set_num_threads(1)

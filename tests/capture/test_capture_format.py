@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from trainaudit.capture import (
     STAT_FIELDS,
     CaptureConfig,
@@ -127,7 +128,8 @@ def test_record_many_steps_crosses_chunk_and_capacity_boundaries(local_dir: str)
     """More steps than one chunk of the step table and of a tensor's statistics, values that
     need several shards, and the capacity doublings in between, all read back."""
     n = F.STATS_CHUNK_ROWS + 37
-    cfg = CaptureConfig(values={"other": SaveSchedule(every=3)}, flush_steps=400)
+    # a queue that holds every step: this test is about layout, not about a busy writer
+    cfg = CaptureConfig(values={"other": SaveSchedule(every=3)}, flush_steps=400, queue_size=4096)
     with Recorder(f"{local_dir}/long", config=cfg) as r:
         for s in range(n):
             r.record("other/v", np.full(2, s, dtype=np.int32), collection="other", step=s)

@@ -1,0 +1,255 @@
+"""What capture costs a training step, on CPU with one torch thread.
+
+Two identical models train side by side in one process, in ALTERNATING blocks of ``--block``
+steps: one without any hook, one registered with a TorchHook writing a local run. Alternation
+puts both arms under the same machine load (other processes, CPU frequency), so their ratio
+stays meaningful on a busy machine. Each arm's per-step wall times are collected; we report
+medians (the typical step) and means (which include the occasional step that saves full values),
+and the bytes written per step (the run folder's size / committed steps).
+
+Cases: (a) an MLP 784-512-512-512-10 with ReLU, batch 64; (b) a small CNN on 1x28x28
+(conv 1-16, ReLU, pool, conv 16-32, ReLU, pool, linear), batch 64; each with the default
+CaptureConfig and with CaptureConfig.full() (statistics and full values of everything, every
+step). At the end of each captured block the writer is flushed outside the timed region, so
+its work does not leak into the next uncaptured block; the flush wait is reported separately
+(``flush ms/step``: writer work the training thread did not wait for).
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py            # writes docs/BENCHMARKS.md
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py --quick    # a smoke run, no file
+
+The table goes into ``docs/BENCHMARKS.md`` under ``## Capture`` (other sections are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run  # noqa: E402
+
+SECTION = "## Capture"
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+        nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
+    )
+
+
+def cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "MLP 784-512-512-512-10": mlp,
+    "CNN conv16-conv32-fc": cnn,
+}
+def params_every_10() -> CaptureConfig:
+    """Defaults, but statistics of weights, biases and updates every 10 steps (gradients, losses
+    and activations still every step): the cheapest way to lower the per-step cost."""
+    return CaptureConfig(stats={c: SaveSchedule(every=10) for c in ("weights", "biases", "updates")})
+
+
+CONFIGS: dict[str, Callable[[], CaptureConfig]] = {
+    "defaults": CaptureConfig,
+    "weight stats every 10": params_every_10,
+    "full values every step": CaptureConfig.full,
+}
+
+
+@dataclass
+class Result:
+    model: str
+    config: str
+    base_median_ms: float
+    cap_median_ms: float
+    base_mean_ms: float
+    cap_mean_ms: float
+    flush_ms_per_step: float
+    bytes_per_step: float
+    steps: int
+    tensors: int
+    dropped: int
+
+    @property
+    def ratio_median(self) -> float:
+        return self.cap_median_ms / self.base_median_ms
+
+    @property
+    def ratio_mean(self) -> float:
+        return self.cap_mean_ms / self.base_mean_ms
+
+
+def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, batch: int, workdir: str) -> Result:
+    torch.manual_seed(0)
+    make = MODELS[model_name]
+    base_model, cap_model = make(), make()
+    cap_model.load_state_dict(base_model.state_dict())
+    opts = {m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (base_model, cap_model)}
+    losses = {m: nn.CrossEntropyLoss() for m in (base_model, cap_model)}
+    xs = [torch.randn(batch, 1, 28, 28) for _ in range(16)]
+    ys = [torch.randint(0, 10, (batch,)) for _ in range(16)]
+    uri = os.path.join(workdir, f"{model_name}-{config_name}".replace(" ", "_"))
+    hook = TorchHook(uri, config=CONFIGS[config_name]()).register(cap_model, opts[cap_model], losses[cap_model])
+
+    def step(m: nn.Module, i: int) -> float:
+        t0 = time.perf_counter()
+        opt = opts[m]
+        opt.zero_grad()
+        losses[m](m(xs[i % 16]), ys[i % 16]).backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    # warm-up: allocator, first-step array creation in the store
+    for i in range(10):
+        step(base_model, i)
+        step(cap_model, i)
+    hook.flush()
+    base: list[float] = []
+    cap: list[float] = []
+    flush_s = 0.0
+    i = 0
+    for r in range(rounds):
+        first, second = (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model)
+        for m in (first, second):
+            times = [step(m, i + k) for k in range(block)]
+            (cap if m is cap_model else base).extend(times)
+            if m is cap_model:
+                t0 = time.perf_counter()
+                hook.flush()
+                flush_s += time.perf_counter() - t0
+        i += block
+    hook.close()
+    run = open_run(uri)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
+    dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
+    steps = run.committed_steps()
+    shutil.rmtree(uri, ignore_errors=True)
+    return Result(
+        model=model_name, config=config_name,
+        base_median_ms=1e3 * statistics.median(base), cap_median_ms=1e3 * statistics.median(cap),
+        base_mean_ms=1e3 * statistics.fmean(base), cap_mean_ms=1e3 * statistics.fmean(cap),
+        flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
+        tensors=len(run.tensors()), dropped=dropped,
+    )
+
+
+def table(results: list[Result]) -> str:
+    out = [
+        "| model | capture | no capture, median ms/step | capture, median ms/step | ratio (median) | ratio (mean) "
+        "| flush ms/step | bytes/step | tensors | dropped steps |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        out.append(
+            f"| {r.model} | {r.config} | {r.base_median_ms:.2f} | {r.cap_median_ms:.2f} | {r.ratio_median:.2f}x "
+            f"| {r.ratio_mean:.2f}x | {r.flush_ms_per_step:.2f} | {_size(r.bytes_per_step)} | {r.tensors} | {r.dropped} |"
+        )
+    return "\n".join(out)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024 or unit == "MB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} MB"  # pragma: no cover
+
+
+def section(results: list[Result], command: str, rounds: int, block: int) -> str:
+    date = datetime.date.today().isoformat()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"""{SECTION}
+
+Measured {date} with `{command}`: CPU, `torch.set_num_threads(1)`, torch {torch.__version__},
+Python {platform.python_version()}, {os.cpu_count()} cores (load average {load:.1f} at the end of the run).
+Each case alternates {rounds} blocks of {block} steps without and with capture (two identical models in one
+process, so both arms see the same machine load); the ratio is capture / no capture.
+
+{table(results)}
+
+- *ratio (median)* is the typical step: what the training thread pays per step for snapshots and
+  queueing. *ratio (mean)* also counts the steps that save full values (every 50 steps and the
+  first ones at the defaults). The target for the defaults is at most 1.10x.
+- *flush ms/step* is the writer's work (statistics, compression, store writes) that ran on its own
+  thread; the benchmark waits for it outside the timed steps. On a machine with a spare core it
+  overlaps training; on a saturated CPU it competes with it.
+- *bytes/step* is the run's size on local disk divided by the committed steps.
+- For context, smdebug 1.0.34 on this kind of machine (NOTES.md): the loss alone every step 1.5-2.7x;
+  weights, gradients and ReLU inputs/outputs every 10 steps 1.5-1.75x; every step 7.6-8.7x.
+"""
+
+
+def write_section(path: str, text: str) -> None:
+    """Replace the ``## Capture`` section of ``path`` (or add it), leaving the others alone."""
+    old = "# Benchmarks\n\n## Capture\n\n## Audit\n"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            old = fh.read()
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
+        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=8, help="alternations (each: one block per arm)")
+    ap.add_argument("--block", type=int, default=50, help="steps per block")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 10 steps; print only")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "BENCHMARKS.md"))
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.block = 2, 10
+    torch.set_num_threads(1)
+    workdir = tempfile.mkdtemp(prefix="trainaudit-bench-capture-")
+    results = []
+    try:
+        for model in args.models:
+            for config in args.configs:
+                r = bench_case(model, config, rounds=args.rounds, block=args.block, batch=args.batch, workdir=workdir)
+                print(f"{model:>26} | {config:<22} | {r.base_median_ms:7.2f} ms -> {r.cap_median_ms:7.2f} ms "
+                      f"| median {r.ratio_median:.2f}x mean {r.ratio_mean:.2f}x | flush {r.flush_ms_per_step:.2f} ms/step "
+                      f"| {_size(r.bytes_per_step)}/step | dropped {r.dropped}", flush=True)
+                results.append(r)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(table(results))
+    if not args.quick:
+        command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py " + " ".join(sys.argv[1:])
+        write_section(os.path.abspath(args.out), section(results, command.strip(), args.rounds, args.block))
+        print(f"\nwrote the {SECTION!r} section of {os.path.abspath(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
