@@ -10,13 +10,16 @@ code ``trainaudit.tasks.audit`` runs without Prefect.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
+from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from trainaudit.capture import open_run
@@ -64,6 +67,7 @@ def audit_run(
     out: str | None = None,
     dask_address: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> AuditOutcome:
     """Audit the run at ``uri`` with the ``audit-run`` Prefect flow; see :func:`audit_run_flow`.
 
@@ -71,9 +75,9 @@ def audit_run(
     once it runs), then runs the flow.
     """
     runner = dask_task_runner(dask_address)
-    return audit_run_flow.with_options(task_runner=runner)(
-        uri=uri, rules=rules, params=params, out=out, dask_address=dask_address, storage_options=storage_options
-    )
+    flow_with_runner = audit_run_flow.with_options(task_runner=runner)  # type: ignore[arg-type]
+    return flow_with_runner(uri=uri, rules=rules, params=params, out=out, dask_address=dask_address,
+                            storage_options=storage_options, progress=progress)
 
 
 def _flow_run_name() -> str:
@@ -91,6 +95,7 @@ def audit_run_flow(
     out: str | None = None,
     dask_address: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> AuditOutcome:
     """Audit one training run: plan, scan (Dask), evaluate every rule, write the report.
 
@@ -102,6 +107,7 @@ def audit_run_flow(
             ``./trainaudit-audits/<run id>``.
         dask_address: the cluster the flow's task runner attached to (recorded for the UI).
         storage_options: s3fs options for the run's store.
+        progress: print one line per phase and per finished scan task on stderr (the CLI).
     """
     log = get_run_logger()
     # What this audit saw, for idempotent scheduled audits (taken before planning: a step
@@ -110,14 +116,24 @@ def audit_run_flow(
     plan = plan_task.submit(uri, rules=rules, params=params, storage_options=storage_options).result()
     groups = _tensor_groups(plan, MAX_SCAN_TASKS)
     log.info("Planned %d rules over %d tensors: %d scan tasks", len(plan.rules), len(plan.tensors), len(groups))
+    say = _progress if progress else (lambda text: None)
+    say(f"planned {len(plan.rules)} rules over {len(plan.tensors)} tensors ({plan.n_tasks} blocks, {len(groups)} scan tasks)")
+    t0 = time.perf_counter()
     scans = [scan_task.submit(plan, tensors=g) for g in groups]
+    for i, _ in enumerate(as_completed(scans), start=1):
+        say(f"scanned {i}/{len(scans)} groups of tensors ({time.perf_counter() - t0:.1f} s)")
     result = evaluate_task.submit(plan, scans).result()
+    say(f"evaluated: {result.verdict()} ({len(result.triggered)} rules fired)")
     result.run["fingerprint"] = fingerprint
     target = out or audit_dir("trainaudit-audits", result.run.get("run_id", "run"))
     paths = report_task.submit(result, target, storage_options=storage_options).result()
     _publish(result, paths["report"], dask_address)
     log.info("Verdict %s; report at %s", result.verdict(), paths["report"])
     return AuditOutcome(result=result, report_path=paths["report"], audit_json=paths["audit_json"])
+
+
+def _progress(text: str) -> None:
+    print(f"[trainaudit] {text}", file=sys.stderr, flush=True)
 
 
 def _tensor_groups(plan: Any, n: int) -> list[list[Any]]:

@@ -175,12 +175,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from trainaudit.reports import write_report
         from trainaudit.tasks import audit
 
-        result = audit(run.uri, rules=rules, params=params, address=args.dask_address) if args.dask_address else audit(run.uri, rules=rules, params=params)
+        result = audit(run.uri, rules=rules, params=params, address=args.dask_address)
         report = write_report(result, out)
+        _progress("audited in " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     else:
         from ._audit import audit_run
 
-        outcome = audit_run(run.uri, rules=rules, params=params, out=out, dask_address=args.dask_address)
+        outcome = audit_run(run.uri, rules=rules, params=params, out=out, dask_address=args.dask_address, progress=True)
         result, report = outcome.result, outcome.report_path
     _print_summary(result)
     print(f"report: {report}")
