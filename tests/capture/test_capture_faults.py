@@ -141,6 +141,7 @@ def flaky_s3(_flaky_server: tuple[CuttableProxy, dict[str, Any]]) -> tuple[Cutta
     return proxy, opts, f"s3://{bucket}"
 
 
+@pytest.mark.slow  # a moto server of its own; 15-40 s on a busy 2-core machine
 def test_s3_outage_mid_training_loses_only_the_outage_steps(flaky_s3: tuple[CuttableProxy, dict[str, Any], str]) -> None:
     proxy, opts, bucket = flaky_s3
     uri = f"{bucket}/runs/outage"
@@ -181,6 +182,7 @@ def test_s3_outage_mid_training_loses_only_the_outage_steps(flaky_s3: tuple[Cutt
     np.testing.assert_array_equal(run.values("losses/loss", 12), np.float32(tr3.losses[2]))
 
 
+@pytest.mark.slow  # a moto server of its own; 15-40 s on a busy 2-core machine
 def test_s3_down_at_close_returns_in_bounded_time(flaky_s3: tuple[CuttableProxy, dict[str, Any], str]) -> None:
     proxy, opts, bucket = flaky_s3
     uri = f"{bucket}/runs/down-at-close"
