@@ -204,21 +204,26 @@ def _empty_moments(shape: tuple[int, ...] = ()) -> np.ndarray:
 
 
 def moments_chunk(x: np.ndarray) -> np.ndarray:
-    """The moment state of all elements of ``x``: non-finite elements are counted, not summed."""
-    f = np.asarray(x, dtype=np.float64).reshape(-1)
+    """The moment state of all elements of ``x``: non-finite elements are counted, not summed.
+
+    float32 input stays float32 (no float64 copy): the sum accumulates in float64, and M2 is a
+    float32 dot product of the *centred* values, whose relative error (~1e-6) cannot cancel.
+    """
+    a = np.asarray(x).reshape(-1)
+    f = a if a.dtype == np.float32 else a.astype(np.float64, copy=False)
     s = _empty_moments()
     with np.errstate(invalid="ignore", over="ignore"):
-        total = float(f.sum())
+        total = float(f.sum(dtype=np.float64))
     if not math.isfinite(total):  # a finite sum means every element is finite: skip the mask
         finite = np.isfinite(f)
         s[_NAN] = np.count_nonzero(np.isnan(f))
         s[_PINF] = np.count_nonzero(f == np.inf)
         s[_NINF] = np.count_nonzero(f == -np.inf)
         f = f[finite]
-        total = float(f.sum())
+        total = float(f.sum(dtype=np.float64))
     n = f.size
     if n:
-        d = f - total / n
+        d = f - f.dtype.type(total / n)
         s[_N] = n
         s[_SUM] = total
         s[_M2] = float(np.dot(d, d))
@@ -647,11 +652,14 @@ class StepQuantiles(PerStepKernel):
         f = np.asarray(x).reshape(-1)
         if f.size > self.max_sample:
             f = f[:: -(-f.size // self.max_sample)]
-        f = f.astype(np.float64)
-        f = f[np.isfinite(f)]
+        f = np.sort(f[np.isfinite(f)].astype(np.float64))
         if not f.size:
             return tuple(float("nan") for _ in self.qs)
-        return tuple(float(v) for v in np.quantile(f, self.qs))
+        # linear interpolation between order statistics (numpy's default "linear" method)
+        pos = np.asarray(self.qs) * (f.size - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, f.size - 1)
+        return tuple(float(v) for v in f[lo] + (f[hi] - f[lo]) * (pos - lo))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,9 +286,7 @@ def _compact_task(part: _Part) -> _Part:
 def _select_tensors(plan: Plan, tensors: Iterable[TensorKey | str] | None) -> list[TensorPlan]:
     if tensors is None:
         return list(plan.tensors.values())
-    wanted = set()
-    for t in tensors:
-        wanted.add(t if isinstance(t, tuple) else t)
+    wanted = {tuple(t) if isinstance(t, list | tuple) else t for t in tensors}  # keys arrive as lists from JSON
     return [tp for key, tp in plan.tensors.items() if key in wanted or key[1] in wanted]
 
 
@@ -351,6 +349,3 @@ def scan(plan: Plan, *, client: Any = None, tensors: Iterable[TensorKey | str] |
     result.tasks = n_tasks
     return result
 
-
-def states_of(result: ScanResult, key: TensorKey) -> Mapping[Kernel, Any]:
-    return result.states.get(key, {})

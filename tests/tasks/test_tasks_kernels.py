@@ -213,3 +213,14 @@ def test_padded_rows_are_cut_to_their_real_shape() -> None:
     assert m["count"] == 18 and m["nan"] == 0
     band = UnitBand(lo=0.0, hi=np.inf, axis=1).finalize(UnitBand(lo=0.0, hi=np.inf, axis=1).chunk(b))
     assert band.records[1][0] == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(-1e4, 1e4), st.floats(1e-6, 1e2), st.integers(2, 5000))
+def test_float32_moments_keep_precision(offset: float, scale: float, n: int) -> None:
+    """float32 tensors stay float32 in the kernel: the centred M2 must still match float64."""
+    x = (offset + scale * np.random.default_rng(n).normal(size=n)).astype(np.float32)
+    got = moments_finalize(moments_chunk(x))
+    ref = x.astype(np.float64)
+    assert got["mean"] == pytest.approx(ref.mean(), rel=1e-9, abs=1e-9)
+    assert got["var"] == pytest.approx(ref.var(), rel=1e-4, abs=1e-12 * max(1.0, offset * offset))
