@@ -129,7 +129,7 @@ class TorchPayload:
 
     __slots__ = ("tensor", "host_stats", "host_values", "event")
 
-    def __init__(self, t: torch.Tensor, *, values: bool) -> None:
+    def __init__(self, t: torch.Tensor, *, values: bool, copy: bool = True) -> None:
         t = t.detach()
         self.event: Any = None
         self.host_stats: torch.Tensor | None = None
@@ -147,7 +147,9 @@ class TorchPayload:
             self.event.record()
             self.tensor = None
         else:
-            self.tensor = t.clone()
+            # ``copy=False`` only for tensors nobody changes in place after this point
+            # (gradients replaced, not zeroed, by ``zero_grad``): see TorchHook._grad_copy.
+            self.tensor = t.clone() if copy else t
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.event is not None:
@@ -242,6 +244,8 @@ class TorchHook:
         self._params: list[tuple[str, nn.Parameter, str]] = []  # (name, param, module name)
         self._param_meta: dict[str, dict[str, Any]] = {}
         self._prev_weights: dict[str, tuple[int, torch.Tensor]] = {}
+        self._last_grad: dict[str, torch.Tensor] = {}
+        self._grads_reused = False
         self._wants: dict[tuple[str, str], bool] = {}
         self._closed = False
 
@@ -347,6 +351,7 @@ class TorchHook:
                 pass
         self._handles.clear()
         self._prev_weights.clear()
+        self._last_grad.clear()
         self.recorder.close()
 
     def __enter__(self) -> TorchHook:
@@ -356,7 +361,7 @@ class TorchHook:
         self.close()
 
     # ------------------------------------------------------------------ hooks (training thread)
-    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None) -> TorchPayload | None:
+    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, copy: bool = True) -> TorchPayload | None:
         """Snapshot ``t`` into the current step if its schedule says so; returns the payload."""
         key = (collection, name)
         wants = self._wants.get(key)
@@ -367,7 +372,7 @@ class TorchHook:
         stats_due, values_due = self.config.due(collection, self.recorder.mode, self.recorder.mode_step)
         if not (stats_due or values_due):
             return None
-        payload = TorchPayload(t, values=values_due)
+        payload = TorchPayload(t, values=values_due, copy=copy)
         self.recorder.add(name, collection, payload, values=values_due, meta=meta)
         return payload
 
@@ -457,11 +462,32 @@ class TorchHook:
             for pname, p, _owner in self._params:
                 meta = self._meta(pname)
                 if p.grad is not None:
-                    self._capture(f"gradients/{pname}", "gradients", p.grad, meta)
+                    self._capture(f"gradients/{pname}", "gradients", p.grad, meta, copy=self._grad_copy(pname, p.grad))
                 coll = "biases" if pname.endswith("bias") else "weights"
                 self._capture_weight(pname, p, coll, meta, step)
         except Exception as exc:
             self._error("optimizer step", exc)
+
+    def _grad_copy(self, pname: str, grad: torch.Tensor) -> bool:
+        """Whether the gradient must be copied before the writer reads it.
+
+        ``zero_grad(set_to_none=True)``, PyTorch's default, gives every step fresh gradient
+        tensors that nothing modifies after the optimizer's step pre-hook: holding a reference
+        is enough, and saves copying every gradient on the training thread. Gradients reused
+        in place (``set_to_none=False``, or no ``zero_grad``) would change under the writer;
+        that shows as this step's gradient living in the storage of the previous step's, which
+        we still hold, so no allocator reuse can fool the check. Then we copy, from now on.
+        """
+        if grad.is_cuda:
+            return True  # device snapshots are stream-ordered copies already
+        prev = self._last_grad.get(pname)
+        self._last_grad[pname] = grad
+        if prev is None or self._grads_reused:
+            return True
+        if prev.data_ptr() == grad.data_ptr():
+            self._grads_reused = True
+            return True
+        return False
 
     def _capture_weight(self, pname: str, p: torch.Tensor, coll: str, meta: Mapping[str, Any], step: int) -> None:
         payload = self._capture(f"{coll}/{pname}", coll, p, meta)

@@ -204,6 +204,31 @@ def test_gradient_accumulation_a_step_is_an_optimizer_step(local_dir: str) -> No
     assert run.stats("outputs/0").step.tolist() == list(range(5))
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gradients_are_right_whether_zero_grad_replaces_or_zeroes_them(local_dir: str, set_to_none: bool) -> None:
+    # With set_to_none=True the hook keeps references instead of copies; with False the
+    # gradients are zeroed in place under the writer, so the hook must notice and copy.
+    torch.manual_seed(5)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    seen = []
+    with TorchHook(uri, config=CaptureConfig.full()).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        for step in range(6):
+            opt.zero_grad(set_to_none=set_to_none)
+            Fn.cross_entropy(model(x[step * 16 : step * 16 + 16]), y[step * 16 : step * 16 + 16]).backward()
+            seen.append(model[0].weight.grad.detach().clone().numpy())
+            opt.step()
+        hook.flush()
+    run = open_run(uri)
+    stats = run.stats("gradients/0.weight")
+    np.testing.assert_allclose(stats.field("sum"), [g.sum() for g in seen], rtol=1e-4, atol=1e-6)
+    for step, g in enumerate(seen):
+        np.testing.assert_array_equal(run.values("gradients/0.weight", step), g)
+    assert hook._grads_reused is (not set_to_none)
+
+
 CFG_CASES = {
     "every-3": (CaptureConfig(values={"weights": SaveSchedule(every=3)}), [0, 3, 6]),
     "first-2": (CaptureConfig(values={"weights": SaveSchedule(every=None, first=2)}), [0, 1]),
