@@ -11,7 +11,7 @@ import numpy as np
 from .._context import RuleContext, TensorData
 from .._plan import TensorMeta
 
-__all__ = ["g", "pct", "unit_axis", "loss_series", "effective_modes", "running_median", "first_true", "names"]
+__all__ = ["g", "pct", "unit_axis", "loss_series", "effective_modes", "running_median", "first_true", "names", "recent_start"]
 
 
 def g(x: float) -> str:
@@ -76,6 +76,18 @@ def effective_modes(t: TensorData) -> np.ndarray:
     if role in ("train", "eval"):
         return np.full(len(t.stats), 0 if role == "train" else 1, dtype=np.int64)
     return t.stats.modes
+
+
+def recent_start(records: Sequence[Any], *, min_pairs: int = 500, fraction: float = 0.25) -> int:
+    """Index of the first of the recent records: the last ``fraction`` of them, extended back
+    until they hold at least ``min_pairs`` (label, prediction) pairs."""
+    n = len(records)
+    start = max(0, n - max(1, int(np.ceil(fraction * n))))
+    total = sum(sum(r.values()) for r in records[start:])
+    while start > 0 and total < min_pairs:
+        start -= 1
+        total += sum(records[start].values())
+    return start
 
 
 def first_true(mask: Sequence[bool] | np.ndarray) -> int | None:

@@ -27,7 +27,7 @@ from .._kernels import (
     moments_merge,
 )
 from .._plan import Need, TensorMeta
-from ._common import g, names, pct
+from ._common import g, names, pct, recent_start
 
 _PCT = Range(ge=0, le=100)
 
@@ -56,7 +56,8 @@ def class_imbalance(ctx: RuleContext, *, threshold_imbalance: float = 10.0, thre
                     samples: int = 500) -> Finding:
     """Once >= samples labels are seen: count(largest class) / count(smallest class) > threshold_imbalance;
     or, with predictions, some class j has misprediction fraction 1 - C[j][j] / sum_k C[j][k] >
-    threshold_misprediction.
+    threshold_misprediction over the recent predictions (the last quarter of the saved steps,
+    and at least samples pairs).
 
     Reads saved labels (and predictions) per step. Defaults from smdebug's ``ClassImbalance``
     (threshold_imbalance=10, threshold_misprediction=0.7, samples=500).
@@ -101,24 +102,27 @@ def class_imbalance(ctx: RuleContext, *, threshold_imbalance: float = 10.0, thre
                             f"{max(cum.values())} labels) outnumbers the smallest ({rare[0]}: {cum[rare[0]]}) "
                             f"{g(ratio)}x > threshold_imbalance={g(threshold_imbalance)} over {n} labels"}
     # misprediction per class from the confusion counts
+    # misprediction per class, over the recent predictions (the untrained model's first
+    # predictions are all wrong: judging them would flag every training)
     for t in pair_data:
+        start = recent_start(t.result.records, min_pairs=samples)
         cm: Counter[tuple[int, int]] = Counter()
+        for rec in t.result.records[start:]:
+            cm.update(rec)
+        n = sum(cm.values())
         first = None
         worst: tuple[float, int] = (0.0, -1)
-        for i, rec in enumerate(t.result.records):
-            cm.update(rec)
-            n = sum(cm.values())
-            if n < samples:
-                continue
+        if n >= samples:
             rows: Counter[int] = Counter()
             for (lab, _), c in cm.items():
                 rows[lab] += c
             fracs = {lab: 1 - cm.get((lab, lab), 0) / rows[lab] for lab in rows}
             lab, frac = max(fracs.items(), key=lambda kv: kv[1])
-            if frac > threshold_misprediction and first is None:
-                first = (int(t.result.steps[i]), int(t.result.modes[i]))
             worst = (frac, lab)
-        evidence[f"misprediction:{t.name}"] = {"worst_class": worst[1], "fraction": worst[0]}
+            if frac > threshold_misprediction:
+                first = (int(t.result.steps[start]), int(t.result.modes[start]))
+        evidence[f"misprediction:{t.name}"] = {"worst_class": worst[1], "fraction": worst[0], "pairs": n,
+                                               "from_step": int(t.result.steps[start]) if len(t.result) else None}
         if first is not None and best is None:
             best = {"kind": "misprediction", "tensor": t.name, "ratio": worst[0], "first": first, "steps": [],
                     "classes": [str(worst[1])],

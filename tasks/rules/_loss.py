@@ -20,7 +20,7 @@ from .._context import RuleContext, step_runs
 from .._findings import Finding
 from .._kernels import ClassCounts, ConfusionCounts
 from .._plan import Need
-from ._common import effective_modes, g, loss_series, names, pct, running_median
+from ._common import effective_modes, g, loss_series, names, pct, recent_start, running_median
 
 _LOSS = Need(name="losses", collections=("losses",), source="stats", what="loss")
 
@@ -42,20 +42,26 @@ def _loss_plot(title: str, series: list[tuple[str, np.ndarray, np.ndarray]],
     needs=_loss_needs,
     title="Loss not decreasing",
     ranges={"num_steps": Range(ge=1), "window": Range(ge=1), "diff_percent": Range(ge=0),
-            "increase_threshold_percent": Range(ge=0)},
+            "increase_threshold_percent": Range(ge=0), "converged_below": Range(ge=0, le=1)},
     problem="The loss stopped going down (or went up): the model is not learning any more.",
     fix="Check the learning rate (too high: the loss rises or oscillates; too low: it crawls), the data pipeline "
         "(shuffling, labels aligned with inputs) and that the optimizer steps the model's parameters.",
 )
 def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 5, diff_percent: float = 0.1,
-                        increase_threshold_percent: float = 5.0) -> Finding:
+                        increase_threshold_percent: float = 5.0, converged_below: float = 0.05) -> Finding:
     """Every num_steps steps s: with L the median of the last window saved losses, L_ref = L at the newest
     saved step <= s - num_steps, it fires if (L_ref - L_s) / |L_ref| < diff_percent / 100 (not
     decreasing) or (L_s - L_ref) / |L_ref| > increase_threshold_percent / 100 (increasing).
 
+    Checks where both smoothed values are below converged_below x the initial (smoothed) loss are
+    skipped: the loss fell 20x, it converged.
+
     Train-mode loss, else eval. Defaults from smdebug's ``LossNotDecreasing`` (num_steps=10,
     diff_percent=0.1) with a median smoothing window (5) so one noisy batch does not decide, and
-    an explicit increase threshold (5 %).
+    an explicit increase threshold (5 %). converged_below=0.05 is ours, calibrated on the
+    scenario suite: every healthy control (losses at 0.1-0.4 % of their initial value) failed one
+    check of batch noise at the end of training, while the stalled training never left its
+    initial loss.
     """
     s = loss_series(ctx, "losses", 0)
     mode_name = "train"
@@ -68,8 +74,10 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
         return ctx.not_evaluable(f"Only {len(steps)} loss values over {int(steps[-1] - steps[0]) if len(steps) else 0} "
                                  f"steps were captured; LossNotDecreasing needs num_steps={num_steps}.")
     sm = running_median(y, window)
+    l0 = float(sm[min(window, len(sm)) - 1])
     checks = np.arange(steps[0] + num_steps, steps[-1] + 1, num_steps)
     rows = []
+    converged = 0
     for c in checks:
         i = int(np.searchsorted(steps, c, side="right")) - 1
         j = int(np.searchsorted(steps, c - num_steps, side="right")) - 1
@@ -78,13 +86,20 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
         ref, cur = sm[j], sm[i]
         if not (np.isfinite(ref) and np.isfinite(cur)) or ref == 0:
             continue
+        if l0 > 0 and max(ref, cur) < converged_below * l0:
+            converged += 1  # a plateau far below the initial loss is convergence, not a stall
+            continue
         dec = (ref - cur) / abs(ref)
         rows.append((int(steps[i]), i, float(ref), float(cur), float(dec)))
     if not rows:
+        if converged:
+            return ctx.ok(f"The {mode_name} loss fell below converged_below={g(converged_below)} of its initial value "
+                          f"{g(l0)} before the first check ({converged} checks skipped as converged).")
         return ctx.not_evaluable("No two finite smoothed loss values num_steps apart were captured.")
     inc = [r for r in rows if -r[4] > increase_threshold_percent / 100]
     flat = [r for r in rows if r[4] < diff_percent / 100]
     evidence: dict[str, Any] = {"tensor": t.name, "mode": mode_name, "checks": len(rows),
+                                "converged_checks_skipped": converged, "initial_loss": l0,
                                 "relative_decrease": {str(r[0]): r[4] for r in rows[-50:]}}
     hits = inc or flat
     check_steps = [r[0] for r in rows]
@@ -152,12 +167,17 @@ def _evaluations(train_steps: np.ndarray, train_y: np.ndarray, eval_steps: np.nd
     fix="Add regularisation (weight decay, dropout, data augmentation), use more data, a smaller model, "
         "or stop earlier.",
 )
-def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.1, patience: int = 1, start_step: int = 0) -> Finding:
+def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.5, patience: int = 1, start_step: int = 0) -> Finding:
     """r = (mean eval loss - mean train loss over the same period) / |mean train loss| > ratio_threshold for
     patience consecutive evaluations after start_step.
 
-    Needs train- and eval-mode loss. Defaults from smdebug's ``Overfit`` (ratio_threshold=0.1,
-    patience=1, start_step=0).
+    Needs train- and eval-mode loss. Defaults from smdebug's ``Overfit`` (patience=1,
+    start_step=0); ratio_threshold is 0.5, not smdebug's 0.1: on the scenario suite the healthy
+    PyTorch controls stayed under 0.1 but the gap of the healthy XGBoost controls grows linearly
+    with the rounds (0.25 at round 30, 0.5 at round 54) while their validation loss still
+    improves, and the memorising network's gap passed 2.5 and kept growing. Still open: a ratio
+    alone cannot tell boosting's healthy gap from overfitting on long runs (see the calibration
+    notes); the eval loss trend can.
     """
     tr = loss_series(ctx, "losses", 0)
     ev = loss_series(ctx, "losses", 1)
@@ -371,20 +391,26 @@ def _confusion_needs(p: Mapping[str, Any]) -> list[Need]:
     problem="The classifier confuses some classes: many of its predictions of a class belong to another one.",
     fix="Look at the confused pairs: more (or cleaner) data for them, class weights, or features that separate them.",
 )
-def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 0.1) -> Finding:
-    """With C[label][prediction] summed over the saved steps, for each predicted class i:
-    C[i][i] / sum_k C[k][i] < min_diag, or C[j][i] / sum_k C[k][i] > max_off_diag for some j != i.
-    Classes never predicted are skipped, and reported.
+def confusion(ctx: RuleContext, *, min_diag: float = 0.7, max_off_diag: float = 0.25) -> Finding:
+    """With C[label][prediction] summed over the recent saved steps (the last quarter of them, and
+    at least 500 pairs), for each predicted class i: C[i][i] / sum_k C[k][i] < min_diag, or
+    C[j][i] / sum_k C[k][i] > max_off_diag for some j != i. Classes never predicted are skipped,
+    and reported.
 
-    Defaults from smdebug's ``Confusion`` (min_diag=0.9, max_off_diag=0.1).
+    Defaults: smdebug's ``Confusion`` uses 0.9 / 0.1 over all steps. Calibrated on the scenario suite: over
+    all steps, every training's first (untrained) predictions made it fire; and 0.9 flags plain
+    accuracy, not confusion (the healthy XGBoost control, 85 % precise on a noisy problem, fired).
+    0.7 / 0.25 flag classes mistaken for one specific other class (the two indistinguishable
+    classes of the confusion scenario: ~50 %).
     """
     data = ctx.with_result("pairs")
     if not data:
         return ctx.missing("pairs", extra=" (both the 'labels' and 'predictions' collections, saved at the same steps)")
     results = []
     for t in data:
+        start = recent_start(t.result.records)
         cm: Counter[tuple[int, int]] = Counter()
-        for rec in t.result.records:
+        for rec in t.result.records[start:]:
             cm.update(rec)
         if not cm:
             continue
@@ -395,7 +421,7 @@ def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 
         first = None
         if bad:  # the first step at which the cumulative matrix already showed the confusion
             cum: Counter[tuple[int, int]] = Counter()
-            for k, rec in enumerate(t.result.records):
+            for k, rec in enumerate(t.result.records[start:], start=start):
                 cum.update(rec)
                 if _confused(cum, classes, min_diag, max_off_diag)[0]:
                     first = (int(t.result.steps[k]), int(t.result.modes[k]))
