@@ -20,8 +20,8 @@ from ._format import COLLECTIONS, MODES
 
 __all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_FIRST_STEPS"]
 
-#: Full values every 50 steps: the benchmark's MLP pays ~5% at this interval (BENCHMARKS.md),
-#: and 20 saved steps per 1,000 are plenty for the activation and weight rules.
+#: Full values every 50 steps: 20 saved steps per 1,000 are plenty for the activation and
+#: weight rules, and the cost stays small (docs/BENCHMARKS.md).
 DEFAULT_VALUE_INTERVAL = 50
 #: The first steps of each mode are saved in full: initialization checks look at step 0.
 DEFAULT_FIRST_STEPS = 2
@@ -81,7 +81,10 @@ def _default_values() -> dict[str, SaveSchedule]:
     sampled = SaveSchedule(every=DEFAULT_VALUE_INTERVAL, first=DEFAULT_FIRST_STEPS)
     every = SaveSchedule(every=1)
     out = {c: sampled for c in COLLECTIONS}
-    for c in ("losses", "metrics", "labels", "predictions", "updates", "trees", "feature_importance"):
+    # Labels and predictions feed the data rules' counts: small, needed at every step. Losses,
+    # metrics and update norms are scalars whose statistics row already holds the value, so
+    # their values follow the sampled schedule like everything else.
+    for c in ("labels", "predictions", "trees", "feature_importance"):
         out[c] = every
     # The data rules want >= 500 samples early: the first 8 batches of 64 give them at once.
     for c in ("inputs", "tokens"):

@@ -107,7 +107,8 @@ STAT: Mapping[str, int] = {name: i for i, name in enumerate(STAT_FIELDS)}
 # Chunking targets: many steps per chunk and per shard, because S3 is slow with one object per
 # step (NOTES.md: sharding cut 1,005 objects to 25 and tripled read throughput).
 CHUNK_TARGET_BYTES = 256 << 10
-SHARD_TARGET_BYTES = 8 << 20
+SHARD_TARGET_BYTES = 2 << 20
+UNSHARDED_STEP_BYTES = 1 << 20
 MAX_CHUNK_STEPS = 512
 MAX_CHUNKS_PER_SHARD = 64
 STATS_CHUNK_ROWS = 1024
@@ -170,12 +171,16 @@ def storage_dtype(dtype: np.dtype | str) -> np.dtype:
 def values_layout(step_shape: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """Return ``(chunk_steps, shard_steps)`` for a tensor of ``step_shape`` per step.
 
-    A chunk holds ~1 MiB of steps (at most 512 steps) and a shard ~8 MiB (at most 64 chunks),
-    so a 1 MB weight matrix gets one step per chunk and 8 per object, and a scalar loss 512
-    steps per chunk and 32,768 per object.
+    A chunk holds ~256 KiB of steps (at most 512 steps) and a shard ~2 MiB (at most 64 chunks),
+    so a scalar gets 512 steps per chunk and 32,768 per object. (zarr rewrites a whole shard
+    on every append, so shards stay small enough to rewrite cheaply at each flush.) A step of 1 MiB or more is an
+    object of its own: it is already large enough for S3, and sharding it would make every
+    append read and rewrite the steps already in its shard.
     """
     step_bytes = max(1, math.prod(step_shape) * itemsize)
     chunk = int(min(MAX_CHUNK_STEPS, max(1, CHUNK_TARGET_BYTES // step_bytes)))
+    if step_bytes >= UNSHARDED_STEP_BYTES:
+        return chunk, chunk
     per_shard = int(min(MAX_CHUNKS_PER_SHARD, max(1, SHARD_TARGET_BYTES // (chunk * step_bytes))))
     return chunk, chunk * per_shard
 

@@ -518,7 +518,8 @@ class RunWriter:
         fill = np.nan if dtype.kind == "f" else 0
         g = await self._rank_group._async_group.require_group(F.tensor_key(t.index))
         t.values, t.values_index = await asyncio.gather(
-            g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape), shards=(shard, *shape),
+            g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape),
+                           shards=(shard, *shape) if shard > chunk else None,
                            dtype=dtype, fill_value=fill, overwrite=True),
             g.create_array("values_index", shape=(t.values_cap, 1 + len(shape)), chunks=(F.ROW_CHUNK, 1 + len(shape)),
                            dtype="int64", fill_value=-1, overwrite=True),

@@ -238,14 +238,16 @@ def test_config_defaults() -> None:
 
     due = [s for s in range(120) if cfg.due("weights", "train", s)[1]]
     assert due == sorted(set(range(DEFAULT_FIRST_STEPS)) | set(range(0, 120, DEFAULT_VALUE_INTERVAL)))
-    # losses, labels and predictions in full every step
-    assert all(cfg.due(c, "eval", 13)[1] for c in ("losses", "labels", "predictions"))
+    # labels and predictions in full every step; scalars (losses, update norms) live in their
+    # statistics every step and follow the sampled value schedule
+    assert all(cfg.due(c, "eval", 13)[1] for c in ("labels", "predictions"))
+    assert not any(cfg.due(c, "train", 13)[1] for c in ("losses", "updates"))
 
 
 def test_config_partial_mapping_keeps_the_other_defaults_and_round_trips() -> None:
     cfg = CaptureConfig(values={"weights": SaveSchedule(every=7)})
     assert cfg.values["weights"].every == 7
-    assert cfg.values["losses"].every == 1
+    assert cfg.values["labels"].every == 1
     d = cfg.to_dict()
     assert d["values"]["weights"]["every"] == 7 and d["queue_size"] == cfg.queue_size
     import json

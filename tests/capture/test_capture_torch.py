@@ -250,7 +250,9 @@ def test_value_schedules(local_dir: str, case: str) -> None:
     assert run.value_steps("weights/0.weight").step.tolist() == want
     assert run.stats("weights/0.weight").step.tolist() == list(range(8))  # stats every step
     if case == "default":
-        assert run.value_steps("losses/loss").step.tolist() == list(range(8))
+        assert run.value_steps("labels/labels").step.tolist() == list(range(8))
+        assert run.value_steps("losses/loss").step.tolist() == [0, 1]  # its stats carry it
+        assert run.stats("losses/loss").step.tolist() == list(range(8))
         assert run.value_steps("inputs/model").step.tolist() == list(range(8))  # first 8 batches
 
 
