@@ -134,18 +134,15 @@ def _tanh_needs(p: Mapping[str, Any]) -> list[Need]:
     fix="Normalise the layer's inputs (BatchNorm/LayerNorm), lower the learning rate, use Xavier initialisation, "
         "or replace tanh with a non-saturating activation.",
 )
-def tanh_saturation(ctx: RuleContext, *, x_max: float = 9.4999, threshold_inactivity: float = 20.0,
+def tanh_saturation(ctx: RuleContext, *, x_max: float = 9.4999, threshold_inactivity: float = 1.0,
                     threshold_layer: float = 50.0) -> Finding:
     """A layer's share of units with active share < threshold_inactivity % exceeds threshold_layer %,
     where a unit's active share = #{|x| < x_max} / #entries over the batch (inputs of tanh modules;
     outputs: |y| < tanh(x_max)).
 
     Reads full values of ``activation_inputs`` (or ``outputs``) of tanh modules. Defaults from
-    smdebug's ``TanhSaturation`` band (|x| < 9.4999, where tanh' < 1e-7) and AUTOTRAINER's 50 %
-    of the layer. threshold_inactivity is 20 %, not AUTOTRAINER's 1 %: calibrated on the scenario
-    suite, where a tanh MLP with pre-activations of std ~85 (weights N(0, 5)) kept ~9 % of each
-    unit's inputs inside the band, so 1 % never fired, while the healthy tanh control keeps
-    ~100 % of them inside.
+    smdebug's ``TanhSaturation`` band (|x| < 9.4999, where tanh' < 1e-7) and AUTOTRAINER's
+    thresholds (1 % activity per unit, 50 % of the layer).
     """
     picked = _pick(ctx, "preacts", "outputs")
     if picked is None:
@@ -180,14 +177,13 @@ def _sigmoid_needs(p: Mapping[str, Any]) -> list[Need]:
     fix="Normalise the layer's inputs, lower the learning rate, or use ReLU-family activations in hidden layers.",
 )
 def sigmoid_saturation(ctx: RuleContext, *, x_min: float = -23.0, x_max: float = 16.99999,
-                       threshold_inactivity: float = 20.0, threshold_layer: float = 50.0) -> Finding:
+                       threshold_inactivity: float = 1.0, threshold_layer: float = 50.0) -> Finding:
     """A layer's share of units with active share < threshold_inactivity % exceeds threshold_layer %,
     where a unit's active share = #{x_min < x < x_max} / #entries (inputs of sigmoid modules;
     outputs: sigmoid(x_min) < y < sigmoid(x_max)).
 
     Defaults: smdebug's ``SigmoidSaturation`` band (-23, 16.99999), where sigmoid' < 1e-7, and
-    AUTOTRAINER's 50 % of the layer; threshold_inactivity is 20 % (not 1 %), calibrated as for
-    TanhSaturation: the saturated sigmoid scenario kept ~5 % of each unit's inputs in the band.
+    AUTOTRAINER's 1 % / 50 % thresholds.
     """
     picked = _pick(ctx, "preacts", "outputs")
     if picked is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,8 @@ import numpy as np
 from .._context import RuleContext, TensorData
 from .._plan import TensorMeta
 
-__all__ = ["g", "pct", "unit_axis", "loss_series", "effective_modes", "running_median", "first_true", "names", "recent_start"]
+__all__ = ["g", "pct", "unit_axis", "loss_series", "effective_modes", "running_median", "first_true", "names",
+           "trailing_windows", "final_streak"]
 
 
 def g(x: float) -> str:
@@ -78,16 +80,39 @@ def effective_modes(t: TensorData) -> np.ndarray:
     return t.stats.modes
 
 
-def recent_start(records: Sequence[Any], *, min_pairs: int = 500, fraction: float = 0.25) -> int:
-    """Index of the first of the recent records: the last ``fraction`` of them, extended back
-    until they hold at least ``min_pairs`` (label, prediction) pairs."""
-    n = len(records)
-    start = max(0, n - max(1, int(np.ceil(fraction * n))))
-    total = sum(sum(r.values()) for r in records[start:])
-    while start > 0 and total < min_pairs:
-        start -= 1
-        total += sum(records[start].values())
-    return start
+def trailing_windows(records: Sequence[Mapping[Any, int] | None], min_pairs: int) -> list[Counter[Any] | None]:
+    """For each per-step record of counts (in step order), the counts merged over the shortest
+    run of records ending there that holds >= ``min_pairs``; None while fewer were seen.
+
+    The classifier rules judge the model by its *recent* predictions: the first predictions of
+    an untrained model are wrong for every class, and summing from step 0 would blame them.
+    """
+    sizes = np.asarray([sum(r.values()) if r else 0 for r in records], dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(sizes)])
+    out: list[Counter[Any] | None] = []
+    for k in range(len(records)):
+        # the largest start s with cum[k + 1] - cum[s] >= min_pairs
+        s = int(np.searchsorted(cum, cum[k + 1] - min_pairs, side="right")) - 1
+        if s < 0 or cum[k + 1] < max(1, min_pairs):
+            out.append(None)
+            continue
+        s = min(s, k)
+        c: Counter[Any] = Counter()
+        for r in records[s : k + 1]:
+            if r:
+                c.update(r)
+        out.append(c)
+    return out
+
+
+def final_streak(hits: Sequence[bool]) -> int | None:
+    """Index where the trailing run of True values starts (None when the last value is False)."""
+    if not len(hits) or not hits[-1]:
+        return None
+    k = len(hits) - 1
+    while k > 0 and hits[k - 1]:
+        k -= 1
+    return k
 
 
 def first_true(mask: Sequence[bool] | np.ndarray) -> int | None:

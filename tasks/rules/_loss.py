@@ -20,7 +20,16 @@ from .._context import RuleContext, step_runs
 from .._findings import Finding
 from .._kernels import ClassCounts, ConfusionCounts
 from .._plan import Need
-from ._common import effective_modes, g, loss_series, names, pct, recent_start, running_median
+from ._common import (
+    effective_modes,
+    final_streak,
+    g,
+    loss_series,
+    names,
+    pct,
+    running_median,
+    trailing_windows,
+)
 
 _LOSS = Need(name="losses", collections=("losses",), source="stats", what="loss")
 
@@ -42,26 +51,32 @@ def _loss_plot(title: str, series: list[tuple[str, np.ndarray, np.ndarray]],
     needs=_loss_needs,
     title="Loss not decreasing",
     ranges={"num_steps": Range(ge=1), "window": Range(ge=1), "diff_percent": Range(ge=0),
-            "increase_threshold_percent": Range(ge=0), "converged_below": Range(ge=0, le=1)},
+            "increase_threshold_percent": Range(ge=0), "converged_fraction": Range(ge=0, le=1)},
     problem="The loss stopped going down (or went up): the model is not learning any more.",
     fix="Check the learning rate (too high: the loss rises or oscillates; too low: it crawls), the data pipeline "
         "(shuffling, labels aligned with inputs) and that the optimizer steps the model's parameters.",
 )
 def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 5, diff_percent: float = 0.1,
-                        increase_threshold_percent: float = 5.0, converged_below: float = 0.05) -> Finding:
+                        increase_threshold_percent: float = 5.0, converged_fraction: float = 0.01) -> Finding:
     """Every num_steps steps s: with L the median of the last window saved losses, L_ref = L at the newest
     saved step <= s - num_steps, it fires if (L_ref - L_s) / |L_ref| < diff_percent / 100 (not
     decreasing) or (L_s - L_ref) / |L_ref| > increase_threshold_percent / 100 (increasing).
-
-    Checks where both smoothed values are below converged_below x the initial (smoothed) loss are
-    skipped: the loss fell 20x, it converged.
+    A check is skipped as *converged* when both L_ref and L_s are below converged_fraction x L_0
+    (L_0 = the median of the first window losses, when positive).
 
     Train-mode loss, else eval. Defaults from smdebug's ``LossNotDecreasing`` (num_steps=10,
     diff_percent=0.1) with a median smoothing window (5) so one noisy batch does not decide, and
-    an explicit increase threshold (5 %). converged_below=0.05 is ours, calibrated on the
-    scenario suite: every healthy control (losses at 0.1-0.4 % of their initial value) failed one
-    check of batch noise at the end of training, while the stalled training never left its
-    initial loss.
+    an explicit increase threshold (5 %).
+
+    converged_fraction (new, 0.01) comes from the scenario suite: the healthy controls drove their
+    loss from ~1.4 to 0.1-0.4 % of it, and there one check out of ~20 failed on minibatch noise
+    (healthy_relu_mlp: 0.00177 -> 0.00199, "+12.5 %"; healthy_tanh_mlp: 0.00601 -> 0.00612): at that
+    level a few hard examples in a batch move the median by more than 5 %. A loss that fell by two
+    orders of magnitude has converged; "not decreasing" there is not the problem this rule names.
+    The median smoothing already applies to both ends. A patience (several failed checks in a row)
+    was rejected: on the stalled training (lr=1e-7) the flat loss passes every other check by noise
+    (+-3 % between medians, far above diff_percent=0.1 %), so patience would hide it. A loss that
+    climbs back above converged_fraction x L_0 is checked again (a late blow-up still fires).
     """
     s = loss_series(ctx, "losses", 0)
     mode_name = "train"
@@ -75,6 +90,7 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
                                  f"steps were captured; LossNotDecreasing needs num_steps={num_steps}.")
     sm = running_median(y, window)
     l0 = float(sm[min(window, len(sm)) - 1])
+    floor = converged_fraction * l0 if np.isfinite(l0) and l0 > 0 else -np.inf
     checks = np.arange(steps[0] + num_steps, steps[-1] + 1, num_steps)
     rows = []
     converged = 0
@@ -86,20 +102,21 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
         ref, cur = sm[j], sm[i]
         if not (np.isfinite(ref) and np.isfinite(cur)) or ref == 0:
             continue
-        if l0 > 0 and max(ref, cur) < converged_below * l0:
-            converged += 1  # a plateau far below the initial loss is convergence, not a stall
+        if max(ref, cur) < floor:
+            converged += 1
             continue
         dec = (ref - cur) / abs(ref)
         rows.append((int(steps[i]), i, float(ref), float(cur), float(dec)))
     if not rows:
         if converged:
-            return ctx.ok(f"The {mode_name} loss fell below converged_below={g(converged_below)} of its initial value "
-                          f"{g(l0)} before the first check ({converged} checks skipped as converged).")
+            return ctx.ok(f"The {mode_name} loss fell below converged_fraction={g(converged_fraction)} of its initial "
+                          f"{g(l0)} before the first check; {converged} checks skipped as converged.",
+                          tensors=[t.name], evidence={"tensor": t.name, "initial_loss": l0, "converged_checks": converged})
         return ctx.not_evaluable("No two finite smoothed loss values num_steps apart were captured.")
     inc = [r for r in rows if -r[4] > increase_threshold_percent / 100]
     flat = [r for r in rows if r[4] < diff_percent / 100]
-    evidence: dict[str, Any] = {"tensor": t.name, "mode": mode_name, "checks": len(rows),
-                                "converged_checks_skipped": converged, "initial_loss": l0,
+    evidence: dict[str, Any] = {"tensor": t.name, "mode": mode_name, "checks": len(rows), "initial_loss": l0,
+                                "converged_checks": converged,
                                 "relative_decrease": {str(r[0]): r[4] for r in rows[-50:]}}
     hits = inc or flat
     check_steps = [r[0] for r in rows]
@@ -120,8 +137,10 @@ def loss_not_decreasing(ctx: RuleContext, *, num_steps: int = 10, window: int = 
             evidence=evidence,
         )
     evidence["plots"] = [_loss_plot(f"{t.name} ({mode_name})", [("loss", steps, y), ("median", steps, sm)], [])]
+    conv = (f"; {converged} checks skipped below converged_fraction={g(converged_fraction)} of the initial loss"
+            if converged else "")
     return ctx.ok(f"The {mode_name} loss decreased by at least {g(diff_percent)}% every {num_steps} steps "
-                  f"({len(rows)} checks, {g(sm[0])} -> {g(sm[-1])}).", tensors=[t.name], evidence=evidence)
+                  f"({len(rows)} checks, {g(sm[0])} -> {g(sm[-1])}){conv}.", tensors=[t.name], evidence=evidence)
 
 
 def _evaluations(train_steps: np.ndarray, train_y: np.ndarray, eval_steps: np.ndarray,
@@ -163,21 +182,31 @@ def _evaluations(train_steps: np.ndarray, train_y: np.ndarray, eval_steps: np.nd
     needs=_loss_needs,
     title="Overfitting",
     ranges={"ratio_threshold": Range(ge=0), "patience": Range(ge=1), "start_step": Range(ge=0)},
-    problem="The eval loss is well above the train loss: the model memorises the training set.",
+    problem="The eval loss is well above the train loss and no longer improving: the model memorises the training set.",
     fix="Add regularisation (weight decay, dropout, data augmentation), use more data, a smaller model, "
         "or stop earlier.",
 )
-def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.5, patience: int = 1, start_step: int = 0) -> Finding:
-    """r = (mean eval loss - mean train loss over the same period) / |mean train loss| > ratio_threshold for
-    patience consecutive evaluations after start_step.
+def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.1, patience: int = 3, start_step: int = 0,
+            while_improving: bool = False) -> Finding:
+    """r = (mean eval loss - mean train loss over the same period) / |mean train loss| > ratio_threshold,
+    while the eval loss is not improving (no lower than the best earlier evaluation), for patience
+    consecutive evaluations after start_step. while_improving=True counts evaluations whatever the
+    eval loss does (smdebug's condition: the gap alone).
 
-    Needs train- and eval-mode loss. Defaults from smdebug's ``Overfit`` (patience=1,
-    start_step=0); ratio_threshold is 0.5, not smdebug's 0.1: on the scenario suite the healthy
-    PyTorch controls stayed under 0.1 but the gap of the healthy XGBoost controls grows linearly
-    with the rounds (0.25 at round 30, 0.5 at round 54) while their validation loss still
-    improves, and the memorising network's gap passed 2.5 and kept growing. Still open: a ratio
-    alone cannot tell boosting's healthy gap from overfitting on long runs (see the calibration
-    notes); the eval loss trend can.
+    Needs train- and eval-mode loss ("the same period": the train rows since the previous
+    evaluation; XGBoost's train/eval sets come at the same round, told apart by their ``role``).
+    ratio_threshold=0.1 and start_step=0 are smdebug's ``Overfit`` defaults.
+
+    Changed (scenario suite): the gap alone fired on both healthy XGBoost controls from round
+    10-13 on (validation logloss 10.8 % over train, growing to 57 % by round 60 while the
+    validation loss still fell every round). Boosting (and any model that fits its training rows
+    well) keeps a growing train/eval gap while it generalises better each round; with a ratio
+    over a train loss heading to 0, any fixed threshold fires on a long enough healthy run, so
+    raising it, smoothing or a patience would only delay that. The gap becomes overfitting when
+    it no longer buys a better eval loss, so an evaluation counts only when the eval loss did not
+    reach a new best. patience is 3 (smdebug: 1): one evaluation just above the best is noise
+    (an eta=0.3 booster's round 59 was 0.8 % above its round-58 best); the memorising network of
+    the 'overfit' scenario has its eval loss rising for 30+ evaluations with a gap of 250 %+.
     """
     tr = loss_series(ctx, "losses", 0)
     ev = loss_series(ctx, "losses", 1)
@@ -189,29 +218,35 @@ def overfit(ctx: RuleContext, *, ratio_threshold: float = 0.5, patience: int = 1
     streak = 0
     fired = None
     hits = []
+    best = np.inf
     for e in evals:
         e["ratio"] = (e["eval"] - e["train"]) / abs(e["train"]) if e["train"] != 0 else float("inf")
-        hit = e["ratio"] > ratio_threshold
+        e["improving"] = bool(e["eval"] < best)
+        best = min(best, e["eval"]) if np.isfinite(e["eval"]) else best
+        hit = e["ratio"] > ratio_threshold and (while_improving or not e["improving"])
         hits.append(hit)
         streak = streak + 1 if hit else 0
         if streak >= patience and fired is None:
             fired = e
-    evidence = {"evaluations": [{k: e[k] for k in ("step", "train", "eval", "ratio")} for e in evals[-200:]],
+    evidence = {"evaluations": [{k: e[k] for k in ("step", "train", "eval", "ratio", "improving")} for e in evals[-200:]],
                 "plots": [_loss_plot("Train and eval loss", [("train", tr[1], tr[2]), ("eval", ev[1], ev[2])],
                                      [{"x": fired["step"], "label": "overfitting"}] if fired else [])]}
     if fired is not None:
         return ctx.triggered(
             f"The eval loss ({g(fired['eval'])}) exceeds the train loss ({g(fired['train'])}) by "
             f"{pct(fired['ratio'])} > ratio_threshold={g(ratio_threshold)} at step {fired['step']}"
-            f" ({sum(hits)} of {len(evals)} evaluations).",
+            + ("" if while_improving else ", the eval loss without a new best")
+            + f" for {patience} evaluations in a row (patience={patience}; {sum(hits)} of {len(evals)} evaluations).",
             first_step=ctx.step_ref(fired["step"], 1),
             steps=step_runs([e["step"] for e in evals], hits),
             tensors=[tr[0].name, ev[0].name],
             evidence=evidence,
         )
     worst = max(evals, key=lambda e: e["ratio"])
-    return ctx.ok(f"The eval loss stayed within {pct(ratio_threshold)} of the train loss over {len(evals)} "
-                  f"evaluations (worst {pct(worst['ratio'])} at step {worst['step']}).", evidence=evidence)
+    gapped = sum(e["ratio"] > ratio_threshold for e in evals)
+    return ctx.ok(f"No {patience} evaluations in a row had the eval loss above the train loss by more than "
+                  f"{pct(ratio_threshold)} without improving (worst gap {pct(worst['ratio'])} at step {worst['step']}; "
+                  f"{gapped} of {len(evals)} evaluations gapped while the eval loss still improved).", evidence=evidence)
 
 
 def _underfit_needs(p: Mapping[str, Any]) -> list[Need]:
@@ -387,53 +422,62 @@ def _confusion_needs(p: Mapping[str, Any]) -> list[Need]:
     severity="warning",
     needs=_confusion_needs,
     title="Classifier confusion",
-    ranges={"min_diag": Range(ge=0, le=1), "max_off_diag": Range(ge=0, le=1)},
+    ranges={"min_diag": Range(ge=0, le=1), "max_off_diag": Range(ge=0, le=1), "samples": Range(ge=1)},
     problem="The classifier confuses some classes: many of its predictions of a class belong to another one.",
     fix="Look at the confused pairs: more (or cleaner) data for them, class weights, or features that separate them.",
 )
-def confusion(ctx: RuleContext, *, min_diag: float = 0.7, max_off_diag: float = 0.25) -> Finding:
-    """With C[label][prediction] summed over the recent saved steps (the last quarter of them, and
-    at least 500 pairs), for each predicted class i: C[i][i] / sum_k C[k][i] < min_diag, or
-    C[j][i] / sum_k C[k][i] > max_off_diag for some j != i. Classes never predicted are skipped,
+def confusion(ctx: RuleContext, *, min_diag: float = 0.9, max_off_diag: float = 0.1, samples: int = 500) -> Finding:
+    """With C[label][prediction] summed over the *recent* saved steps (the newest ones holding >= samples
+    pairs), for each predicted class i: C[i][i] / sum_k C[k][i] < min_diag, or C[j][i] / sum_k C[k][i]
+    > max_off_diag for some j != i, at the last saved step. Classes never predicted are skipped,
     and reported.
 
-    Defaults: smdebug's ``Confusion`` uses 0.9 / 0.1 over all steps. Calibrated on the scenario suite: over
-    all steps, every training's first (untrained) predictions made it fire; and 0.9 flags plain
-    accuracy, not confusion (the healthy XGBoost control, 85 % precise on a noisy problem, fired).
-    0.7 / 0.25 flag classes mistaken for one specific other class (the two indistinguishable
-    classes of the confusion scenario: ~50 %).
+    Defaults from smdebug's ``Confusion`` (min_diag=0.9, max_off_diag=0.1).
+
+    Changed (scenario suite): the matrix used to be summed over every saved step from step 0, so
+    the untrained model's first predictions counted as much as the trained model's: the healthy
+    XGBoost classifier's validation predictions over all 60 rounds were 85 % precise (round 1:
+    74 %) although the final model was 94 %. A classifier is judged as trained: the matrix is
+    the sliding window of the newest >= samples pairs (smdebug's ClassImbalance default of 500,
+    new parameter), and the rule fires when the last window breaks the condition; the first step
+    is where that final streak began. min_diag / max_off_diag are unchanged.
     """
     data = ctx.with_result("pairs")
     if not data:
         return ctx.missing("pairs", extra=" (both the 'labels' and 'predictions' collections, saved at the same steps)")
     results = []
     for t in data:
-        start = recent_start(t.result.records)
-        cm: Counter[tuple[int, int]] = Counter()
-        for rec in t.result.records[start:]:
-            cm.update(rec)
-        if not cm:
+        windows = trailing_windows(t.result.records, samples)
+        total: Counter[tuple[int, int]] = Counter()
+        for rec in t.result.records:
+            total.update(rec)
+        if not total:
             continue
-        classes = sorted({a for a, _ in cm} | {b for _, b in cm})
+        classes = sorted({a for a, _ in total} | {b for _, b in total})
+        hits = [bool(w is not None and _confused(w, classes, min_diag, max_off_diag)[0]) for w in windows]
+        last = next((w for w in reversed(windows) if w is not None), None)
+        k_last = max((k for k, w in enumerate(windows) if w is not None), default=None)
+        cm = last if last is not None else total  # fewer than samples pairs: judge all of them
         bad, col = _confused(cm, classes, min_diag, max_off_diag)
+        if last is None:
+            k0 = len(hits) - 1 if bad else None
+        else:
+            k0 = final_streak(hits[: (k_last or 0) + 1])
+            if k0 is None:
+                bad = []
         never = [i for i in classes if not col[i]]
         mat = [[cm.get((a, b), 0) for b in classes] for a in classes]
-        first = None
-        if bad:  # the first step at which the cumulative matrix already showed the confusion
-            cum: Counter[tuple[int, int]] = Counter()
-            for k, rec in enumerate(t.result.records[start:], start=start):
-                cum.update(rec)
-                if _confused(cum, classes, min_diag, max_off_diag)[0]:
-                    first = (int(t.result.steps[k]), int(t.result.modes[k]))
-                    break
-        results.append((t, classes, bad, never, mat, sum(cm.values()), first))
+        first = (int(t.result.steps[k0]), int(t.result.modes[k0])) if k0 is not None else None
+        results.append((t, classes, bad, never, mat, sum(cm.values()), first, sum(total.values())))
     if not results:
         return ctx.not_evaluable("Labels and predictions were captured but never at the same steps.")
     evidence: dict[str, Any] = {"plots": []}
     fired = None
-    for t, classes, bad, never, mat, n, first in results:
-        evidence[t.name] = {"classes": classes, "matrix": mat, "never_predicted": never, "pairs": n}
-        evidence["plots"].append(_plots.matrix(f"Confusion matrix ({t.layer})", classes, classes, mat))
+    for t, classes, bad, never, mat, n, first, n_all in results:
+        evidence[t.name] = {"classes": classes, "matrix": mat, "never_predicted": never, "pairs": n,
+                            "pairs_all_steps": n_all}
+        evidence["plots"].append(_plots.matrix(f"Confusion matrix ({t.layer}, last {n} predictions)",
+                                               classes, classes, mat))
         if bad and fired is None:
             bad.sort()
             fired = (t, bad, never, n, first)
@@ -446,10 +490,11 @@ def confusion(ctx: RuleContext, *, min_diag: float = 0.7, max_off_diag: float = 
             text += ("; " if text else "") + f"{pct(off_share)} are class {j} (max_off_diag={g(max_off_diag)})"
         never_txt = f"; never predicted: {names(never)}" if never else ""
         return ctx.triggered(f"The classifier confuses classes in {t.name}: {text}; {len(bad)} class(es) "
-                             f"affected over {n} predictions{never_txt}.",
+                             f"affected over its last {n} predictions{never_txt}.",
                              first_step=ctx.step_ref(*first) if first else None,
                              tensors=[str(b[1]) for b in bad], evidence=evidence)
     never_all = [c for r in results for c in r[3]]
     return ctx.ok(f"Every predicted class has precision >= {g(min_diag)} and no confusion above "
-                  f"{g(max_off_diag)}" + (f"; never predicted: {names(never_all)}" if never_all else "") + ".",
+                  f"{g(max_off_diag)} over the last predictions"
+                  + (f"; never predicted: {names(never_all)}" if never_all else "") + ".",
                   evidence=evidence)
