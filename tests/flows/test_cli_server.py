@@ -82,7 +82,9 @@ def test_cli_audits_an_s3_run_on_an_existing_cluster_with_a_real_server(
     # The server recorded the flow run, completed.
     from prefect import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        assert prefect_server in str(client.api_url)
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["audit-run"])))
     assert runs and runs[0].state is not None and runs[0].state.is_completed()

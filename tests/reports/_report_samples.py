@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from trainaudit.tasks._findings import AuditResult, Finding, StepRef
 
 RULE_IDS = (

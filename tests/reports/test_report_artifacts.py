@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import trainaudit.reports as reports
 from _report_samples import HOSTILE_LAYERS, RULE_IDS, hostile_result, mlp_result
+
+import trainaudit.reports as reports
 from trainaudit.reports import findings_table, markdown_summary
 
 

@@ -13,6 +13,7 @@ from _report_samples import (
     mlp_result,
     xgb_result,
 )
+
 from trainaudit.reports import render_html, write_report
 
 SCENARIOS = {

@@ -8,6 +8,7 @@ import re
 import pytest
 from _html_check import ParsedPage
 from _report_samples import RULE_IDS, healthy_result, long_result, mlp_result, xgb_result
+
 from trainaudit.reports import MAX_REPORT_BYTES, render_html, write_report
 from trainaudit.reports._script import SCRIPT, script_hash
 from trainaudit.reports._svg import PLOT_KINDS, PlotLimits, render_plot

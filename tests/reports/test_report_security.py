@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from _html_check import ALLOWED_TAGS, ParsedPage
 from _report_samples import HOSTILE_FEATURE, HOSTILE_LAYERS, hostile_result
+
 from trainaudit.reports import render_html
 from trainaudit.reports._script import SCRIPT
 
