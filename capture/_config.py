@@ -106,7 +106,10 @@ class CaptureConfig:
             ``outputs`` / ``activation_inputs`` (e.g. ``("ReLU", "Linear")``).
         queue_size: steps the background writer may hold before new ones are dropped (and
             the drop recorded in the run): capture never blocks training for long.
-        flush_steps: write at least every this many queued steps.
+        flush_steps: write at least every this many queued steps. Every write is a few zarr
+            operations per tensor (milliseconds each locally, tens of them on S3), so fewer,
+            larger writes are cheaper; steps waiting for a write hold only their statistics
+            (and the values due), not tensor copies.
         flush_seconds: and at least this often (seconds), so a live audit sees progress.
         retries: attempts per write before the steps are recorded as lost.
         check_stop_every: poll the run's stop marker every this many steps.
@@ -119,7 +122,7 @@ class CaptureConfig:
     exclude: tuple[str, ...] = ()
     module_types: tuple[str, ...] = ()
     queue_size: int = 256
-    flush_steps: int = 50
+    flush_steps: int = 200
     flush_seconds: float = 2.0
     retries: int = 3
     check_stop_every: int = 10

@@ -78,6 +78,9 @@ class StepRecord:
     time: float
     items: list[StepItem] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
+    #: Set by the writer thread as soon as the record arrives: statistics computed, snapshots
+    #: released, so steps waiting for the next flush hold numbers, not tensor copies.
+    resolved: list[tuple[StepItem, np.ndarray, np.ndarray | None]] | None = None
 
     def put(self, item: StepItem) -> None:
         """Add ``item``; a tensor recorded twice in one step keeps its last value (gradient
@@ -265,6 +268,8 @@ class RunWriter:
                 if rec.global_step == -1 and rec.items and isinstance(rec.items[0].payload, _Marker):
                     markers.append(rec.items[0].payload.event)
                 else:
+                    rec.resolved = self._resolve([rec])[0]
+                    rec.items, rec.index = [], {}
                     pending.append(rec)
             due = (
                 closing
@@ -379,7 +384,7 @@ class RunWriter:
                     _add_to_ranges(self.lost_steps, rec.global_step)
                 self._record_error("write", f"steps lost, the store is unreachable: {exc}")
                 return
-        batch = self._resolve(pending)
+        batch = [r.resolved if r.resolved is not None else self._resolve([r])[0] for r in pending]
         status = "complete" if final else "running"
         written = False
         first, last = (pending[0].global_step, pending[-1].global_step) if pending else (None, None)
