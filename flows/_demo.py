@@ -36,24 +36,12 @@ def train_healthy_mlp(uri: str, *, steps: int = 300, seed: int = 0) -> None:
     import torch
     from torch import nn
 
-    from trainaudit.capture import TorchHook
 
     torch.manual_seed(seed)
     x, y = _blobs(4096, 32, 4, seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    with TorchHook(uri, run_id="healthy-mlp").register(model, opt, loss_fn) as hook:
-        for step in range(steps):
-            i = (step * 64) % 3072
-            opt.zero_grad()
-            loss_fn(model(xt[i : i + 64]), yt[i : i + 64]).backward()
-            opt.step()
-            if step % 50 == 49:
-                _evaluate(model, loss_fn, xt[3072:], yt[3072:])
-            if hook.stop_requested:
-                break
+    _train(uri, "healthy-mlp", model, torch.optim.Adam(model.parameters(), lr=1e-3), xt, yt, steps)
 
 
 def train_faulty_mlp(uri: str, *, steps: int = 300, seed: int = 0) -> None:
@@ -62,7 +50,6 @@ def train_faulty_mlp(uri: str, *, steps: int = 300, seed: int = 0) -> None:
     import torch
     from torch import nn
 
-    from trainaudit.capture import TorchHook
 
     torch.manual_seed(seed)
     x, y = _blobs(4096, 32, 4, seed)
@@ -77,16 +64,25 @@ def train_faulty_mlp(uri: str, *, steps: int = 300, seed: int = 0) -> None:
         layers += [lin, nn.ReLU()]
     layers.append(nn.Linear(width, 4))
     model = nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    _train(uri, "faulty-mlp", model, torch.optim.SGD(model.parameters(), lr=0.01), xt, yt, steps)
+
+
+def _train(uri: str, run_id: str, model: Any, opt: Any, x: Any, y: Any, steps: int) -> None:
+    """Minibatches of 64 from the first 3,072 samples, captured by a TorchHook, with an
+    evaluation pass over the rest every 50 steps."""
+    from torch import nn
+
+    from trainaudit.capture import TorchHook
+
     loss_fn = nn.CrossEntropyLoss()
-    with TorchHook(uri, run_id="faulty-mlp").register(model, opt, loss_fn) as hook:
+    with TorchHook(uri, run_id=run_id).register(model, opt, loss_fn) as hook:
         for step in range(steps):
             i = (step * 64) % 3072
             opt.zero_grad()
-            loss_fn(model(xt[i : i + 64]), yt[i : i + 64]).backward()
+            loss_fn(model(x[i : i + 64]), y[i : i + 64]).backward()
             opt.step()
             if step % 50 == 49:
-                _evaluate(model, loss_fn, xt[3072:], yt[3072:])
+                _evaluate(model, loss_fn, x[3072:], y[3072:])
             if hook.stop_requested:
                 break
 
