@@ -205,14 +205,7 @@ def numpy_stats(values: np.ndarray) -> np.ndarray:
     if flat.dtype.kind == "f":
         return _float_stats(flat, out)
     if flat.dtype.kind in "iu":
-        f64 = flat.astype(np.float64)
-        out[STAT["zero"]] = int(n - np.count_nonzero(flat))
-        out[STAT["min"]] = float(f64.min())
-        out[STAT["max"]] = float(f64.max())
-        out[STAT["sum"]] = float(f64.sum())
-        out[STAT["sumsq"]] = float(np.dot(f64, f64))
-        out[STAT["l1"]] = float(np.abs(f64).sum())
-        return out
+        return _finite_stats(flat, out)
     raise TypeError(f"trainaudit stores numeric tensors only; got dtype {flat.dtype}")
 
 
@@ -231,14 +224,19 @@ def _float_stats(flat: np.ndarray, out: np.ndarray) -> np.ndarray:
             out[STAT["min"]] = np.nan
             out[STAT["max"]] = np.nan
             return out
-        f64 = f.astype(np.float64)
-        out[STAT["zero"]] = int(f.size - np.count_nonzero(f))
-        out[STAT["min"]] = float(f64.min())
-        out[STAT["max"]] = float(f64.max())
-        out[STAT["sum"]] = float(f64.sum())
-        out[STAT["sumsq"]] = float(np.dot(f64, f64))
-        out[STAT["l1"]] = float(np.abs(f64).sum())
-        return out
+        return _finite_stats(f, out)
+
+
+def _finite_stats(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Fill zero, min, max, sum, sumsq and l1 of finite ``values`` (float64 accumulation)."""
+    f64 = values.astype(np.float64)
+    out[STAT["zero"]] = int(values.size - np.count_nonzero(values))
+    out[STAT["min"]] = float(f64.min())
+    out[STAT["max"]] = float(f64.max())
+    out[STAT["sum"]] = float(f64.sum())
+    out[STAT["sumsq"]] = float(np.dot(f64, f64))
+    out[STAT["l1"]] = float(np.abs(f64).sum())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
