@@ -104,15 +104,17 @@ class CaptureConfig:
         exclude: regexes; tensors whose name matches one are not captured.
         module_types: when given, only modules of these class names are hooked for
             ``outputs`` / ``activation_inputs`` (e.g. ``("ReLU", "Linear")``).
-        queue_size: steps the background writer may hold before new ones are dropped (and
-            the drop recorded in the run): capture never blocks training for long.
+        queue_size: steps waiting for the writer thread before new ones are dropped (and
+            the drop recorded in the run). Each holds the step's tensor snapshots until the
+            writer computes its statistics (immediately, unless it is behind), so this bounds
+            capture's memory: 64 steps of a 9 MB model are under 600 MB. Capture never
+            blocks training for more than 0.1 s a step.
         flush_steps: write at least every this many queued steps. Every write is a few zarr
             operations per tensor (milliseconds each locally, tens of them on S3), so fewer,
             larger writes are cheaper; steps waiting for a write hold only their statistics
             (and the values due), not tensor copies.
         flush_seconds: and at least this often (seconds), so a live audit sees progress.
         retries: attempts per write before the steps are recorded as lost.
-        check_stop_every: poll the run's stop marker every this many steps.
     """
 
     collections: tuple[str, ...] = COLLECTIONS
@@ -121,11 +123,10 @@ class CaptureConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     module_types: tuple[str, ...] = ()
-    queue_size: int = 256
+    queue_size: int = 64
     flush_steps: int = 200
     flush_seconds: float = 2.0
     retries: int = 3
-    check_stop_every: int = 10
 
     def __post_init__(self) -> None:
         for c in self.collections:
@@ -135,7 +136,7 @@ class CaptureConfig:
             for c in mapping:
                 if c not in COLLECTIONS:
                     raise ValueError(f"{label} has a schedule for unknown collection {c!r}")
-        for label, value, lo in (("queue_size", self.queue_size, 1), ("flush_steps", self.flush_steps, 1), ("retries", self.retries, 1), ("check_stop_every", self.check_stop_every, 1)):
+        for label, value, lo in (("queue_size", self.queue_size, 1), ("flush_steps", self.flush_steps, 1), ("retries", self.retries, 1)):
             if value < lo:
                 raise ValueError(f"{label}={value!r} is out of range: expected >= {lo}")
         if self.flush_seconds <= 0:
@@ -192,5 +193,4 @@ class CaptureConfig:
             "flush_steps": self.flush_steps,
             "flush_seconds": self.flush_seconds,
             "retries": self.retries,
-            "check_stop_every": self.check_stop_every,
         }
