@@ -34,6 +34,8 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from _sections import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+
 from trainaudit.capture import CaptureConfig, Recorder, open_run  # noqa: E402
 from trainaudit.capture._config import SaveSchedule  # noqa: E402
 from trainaudit.capture._format import COLLECTIONS  # noqa: E402
@@ -235,23 +237,6 @@ def s3_setup() -> tuple[Any, str]:
     return server, "s3://bench/runs/audit"
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace the ``## Audit`` section of ``path`` (or append it), leaving the others alone."""
-    old = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            old = fh.read()
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=16)
@@ -328,7 +313,7 @@ def main() -> None:
         sep_line,
         "",
     ])
-    write_section(os.path.abspath(args.out), text)
+    write_section(os.path.abspath(args.out), SECTION, text)
     print(text)
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+from _sections import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
 from torch import nn  # noqa: E402
 
 from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run  # noqa: E402
@@ -201,23 +202,6 @@ process, so both arms see the same machine load); the ratio is capture / no capt
 """
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace the ``## Capture`` section of ``path`` (or add it), leaving the others alone."""
-    old = "# Benchmarks\n\n## Capture\n\n## Audit\n"
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as fh:
-            old = fh.read()
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(new)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=8, help="alternations (each: one block per arm)")
@@ -247,7 +231,7 @@ def main() -> None:
     print(table(results))
     if not args.quick:
         command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py " + " ".join(sys.argv[1:])
-        write_section(os.path.abspath(args.out), section(results, command.strip(), args.rounds, args.block))
+        write_section(os.path.abspath(args.out), SECTION, section(results, command.strip(), args.rounds, args.block))
         print(f"\nwrote the {SECTION!r} section of {os.path.abspath(args.out)}")
 
 
