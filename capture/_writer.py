@@ -127,10 +127,30 @@ class _Tensor:
 _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_open_writers() -> None:
     for w in list(_OPEN_WRITERS):
         w.close(reason="closed at interpreter exit")
+
+
+def _register_exit_hook() -> None:
+    """Close open writers when the interpreter exits, while they can still write.
+
+    ``atexit`` is too late: before it runs, ``threading`` shuts down the thread pools that
+    zarr's local and remote stores write through ("cannot schedule new futures after
+    interpreter shutdown"), and the last steps would be lost. ``threading``'s own exit hooks
+    run before that, last registered first; registering after ``concurrent.futures.thread``
+    (imported here for that reason) puts ours ahead of its pool shutdown.
+    """
+    import concurrent.futures.thread  # noqa: F401  (its exit hook must be registered before ours)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - not CPython
+        atexit.register(_close_open_writers)
+    else:
+        register(_close_open_writers)
+
+
+_register_exit_hook()
 
 
 class RunWriter:

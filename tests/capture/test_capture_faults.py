@@ -204,6 +204,41 @@ def test_s3_down_at_close_returns_in_bounded_time(flaky_s3: tuple[CuttableProxy,
     assert run.status == "incomplete"
 
 
+# ---------------------------------------------------------------------------------- no close()
+
+_FORGETFUL = textwrap.dedent(
+    """
+    import sys, torch
+    from torch import nn
+    from trainaudit.capture import TorchHook
+    torch.set_num_threads(1)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    lf = nn.CrossEntropyLoss()
+    hook = TorchHook(sys.argv[1]).register(model, opt, lf)
+    for step in range(250):  # more than one flush's worth, the last ones still queued at exit
+        x, y = torch.randn(32, 20), torch.randint(0, 4, (32,))
+        opt.zero_grad(); lf(model(x), y).backward(); opt.step()
+    # no hook.close(): the interpreter exits with steps still in the writer's queue
+    """
+)
+
+
+def test_interpreter_exit_without_close_commits_every_step(local_dir: str) -> None:
+    uri = os.path.join(local_dir, "forgetful")
+    script = os.path.join(local_dir, "forgetful.py")
+    with open(script, "w") as f:
+        f.write(_FORGETFUL)
+    out = subprocess.run([sys.executable, script, uri], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "could not" not in out.stderr, out.stderr
+    run = open_run(uri)
+    assert run.status == "complete"
+    assert run.committed_steps() == 250
+    assert not run.errors and not run.lost
+
+
 # ---------------------------------------------------------------------------------- kill -9
 
 _CHILD = textwrap.dedent(
