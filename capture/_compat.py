@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["abs_sum_f32", "HAS_BLAS_ASUM"]
+__all__ = ["abs_sum_f32", "fast_stats", "HAS_BLAS_ASUM", "HAS_FAST_STATS"]
 
 
 def _find_asum() -> Callable[[np.ndarray], float] | None:
@@ -35,3 +35,37 @@ def abs_sum_f32(a: Any) -> float:
     if _ASUM is not None and a.size and a.flags.c_contiguous:
         return _ASUM(a)
     return float(np.abs(a).sum(dtype=np.float64))
+
+
+try:
+    # One-pass statistics in C (capture/_fastats.c), built at install when a C compiler is there.
+    from . import _fastats
+except ImportError:  # pragma: no cover - built without a compiler: numpy / torch paths instead
+    _fastats = None  # type: ignore[assignment]
+
+HAS_FAST_STATS = _fastats is not None
+
+
+def fast_stats(a: np.ndarray) -> np.ndarray | None:
+    """The statistics (``_format.STAT_FIELDS``) of a float32/float64 array in one pass, or
+    None when the extension is missing or ``a`` is of another dtype."""
+    if _fastats is None or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        return None
+    return np.array(_fastats.stats(np.ascontiguousarray(a)), dtype=np.float64)
+
+
+def diff_sumsq(a: np.ndarray, b: np.ndarray) -> float | None:
+    """``sum((a - b)**2)`` of two float arrays of one dtype and size, or None (no extension)."""
+    if _fastats is None or a.dtype != b.dtype or a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        return None
+    return float(_fastats.diff_sumsq(np.ascontiguousarray(a), np.ascontiguousarray(b)))
+
+
+def snapshot(src: np.ndarray, dst: np.ndarray, prev: np.ndarray | None) -> tuple[np.ndarray, float | None] | None:
+    """Copy ``src`` into ``dst`` and return ``(statistics of src, sum((src - prev)**2) or
+    None)``, in one pass; None when the extension is missing or the dtype is not float32/64
+    (the caller then copies and lets the writer compute)."""
+    if _fastats is None or src.dtype.kind != "f" or src.dtype.itemsize not in (4, 8):
+        return None
+    out = _fastats.snapshot(src, dst, prev)
+    return np.array(out[:-1], dtype=np.float64), out[-1]

@@ -4,8 +4,9 @@ Two kinds of saving per tensor and step: **statistics** (the small per-step summ
 can use) and **values** (the full tensor, for rules that need per-unit or per-class detail).
 The defaults keep capture within its overhead budget (docs/BENCHMARKS.md): statistics of every
 tensor every step, values every ``DEFAULT_VALUE_INTERVAL`` steps plus the first
-``DEFAULT_FIRST_STEPS`` steps of each mode (PoorWeightInitialization needs step 0), and losses,
-labels and predictions (small, needed by the data and loss rules) in full every step.
+``DEFAULT_FIRST_STEPS`` steps of each mode (PoorWeightInitialization needs step 0), gradients'
+values every ``DEFAULT_GRADIENT_VALUE_INTERVAL`` steps (their rules read statistics), and labels
+and predictions (small, needed by the data rules) in full every step.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Any
 
 from ._format import COLLECTIONS, MODES
 
-__all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_FIRST_STEPS"]
+__all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_FIRST_STEPS", "DEFAULT_GRADIENT_VALUE_INTERVAL"]
 
 #: Full values every 50 steps: 20 saved steps per 1,000 are plenty for the activation and
 #: weight rules, and the cost stays small (docs/BENCHMARKS.md).
 DEFAULT_VALUE_INTERVAL = 50
 #: The first steps of each mode are saved in full: initialization checks look at step 0.
 DEFAULT_FIRST_STEPS = 2
+#: Gradients are as large as the weights, and every gradient rule reads their statistics, not
+#: their values: a full copy every 500 steps is for people, not for the default catalog.
+DEFAULT_GRADIENT_VALUE_INTERVAL = 500
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +93,7 @@ def _default_values() -> dict[str, SaveSchedule]:
     # The data rules want >= 500 samples early: the first 8 batches of 64 give them at once.
     for c in ("inputs", "tokens"):
         out[c] = SaveSchedule(every=DEFAULT_VALUE_INTERVAL, first=8)
+    out["gradients"] = SaveSchedule(every=DEFAULT_GRADIENT_VALUE_INTERVAL, first=DEFAULT_FIRST_STEPS)
     return out
 
 
@@ -110,10 +115,13 @@ class CaptureConfig:
             capture's memory: 64 steps of a 9 MB model are under 600 MB. Capture never
             blocks training for more than 0.1 s a step.
         flush_steps: write at least every this many queued steps. Every write is a few zarr
-            operations per tensor (milliseconds each locally, tens of them on S3), so fewer,
-            larger writes are cheaper; steps waiting for a write hold only their statistics
-            (and the values due), not tensor copies.
-        flush_seconds: and at least this often (seconds), so a live audit sees progress.
+            operations per tensor (milliseconds of CPU each, tens of milliseconds on S3), so
+            fewer, larger writes are cheaper; steps waiting for a write hold only their
+            statistics (and the values due, at most 64 MiB of them: more starts a write),
+            not tensor copies.
+        flush_seconds: and at least this often (seconds), so a live audit sees progress. A
+            process killed without warning loses at most this much of its last steps. (Stop
+            requests are looked for every 2 s, whatever this is.)
         retries: attempts per write before the steps are recorded as lost.
     """
 
@@ -124,8 +132,8 @@ class CaptureConfig:
     exclude: tuple[str, ...] = ()
     module_types: tuple[str, ...] = ()
     queue_size: int = 64
-    flush_steps: int = 200
-    flush_seconds: float = 2.0
+    flush_steps: int = 1000
+    flush_seconds: float = 5.0
     retries: int = 3
 
     def __post_init__(self) -> None:

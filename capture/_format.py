@@ -168,6 +168,22 @@ def storage_dtype(dtype: np.dtype | str) -> np.dtype:
     raise TypeError(f"trainaudit stores numeric tensors only; got dtype {name!r}")
 
 
+#: Collections whose values are float noise to a general-purpose compressor: zstd gains 1-8% on
+#: weights and gradients at 2-4 ms per MB (writing them raw costs 0.5 ms per MB).
+RAW_VALUE_COLLECTIONS = frozenset({"weights", "biases", "gradients", "updates"})
+
+
+def values_compressors(collection: str) -> tuple[Any, ...]:
+    """The compression of a tensor's value array: none for parameters and gradients (see
+    :data:`RAW_VALUE_COLLECTIONS`), zstd at its fastest level (-1) for the rest: nearly as
+    cheap as none, and it still halves ReLU outputs and integer labels or token ids."""
+    if collection in RAW_VALUE_COLLECTIONS:
+        return ()
+    from zarr.codecs import ZstdCodec
+
+    return (ZstdCodec(level=-1),)
+
+
 def values_layout(step_shape: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """Return ``(chunk_steps, shard_steps)`` for a tensor of ``step_shape`` per step.
 

@@ -1,10 +1,13 @@
 """PyTorch capture: :class:`TorchHook`.
 
-What the training thread pays, per captured tensor and step: on CPU one ``clone()`` (a memcpy;
-the optimizer and in-place ops would otherwise change the tensor under the writer), on CUDA a
-handful of asynchronous reductions and, when full values are due, one asynchronous copy into
-pinned host memory. Statistics, numpy conversion and store I/O all happen on the writer thread.
-No ``.cpu()`` and no device synchronisation happen on the training thread.
+What the training thread pays, per captured tensor and step, on CPU: mostly nothing. Module
+outputs, inputs and gradients go to the writer by reference, checked against their version
+counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead);
+weights, which the optimizer changes in place, are copied by a helper thread while the next
+step's forward pass runs (``_torch_params``). On CUDA: a handful of asynchronous reductions
+and, when full values are due, one asynchronous copy into pinned host memory. Statistics,
+numpy conversion and store I/O all happen on the writer thread. No ``.cpu()`` and no device
+synchronisation happen on the training thread.
 
 Steps and modes:
 
@@ -30,14 +33,15 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import _format as F
-from ._compat import abs_sum_f32
 from ._config import CaptureConfig
 from ._recorder import Recorder
+from ._torch_params import ParameterCopier, ParameterCopy
+from ._torch_snapshot import CopyPolicy, ScalarPayload, TorchPayload, UpdatePayload, torch_stats
+from ._writer import Payload
 
 __all__ = ["TorchHook", "torch_stats"]
 
@@ -53,139 +57,6 @@ ACTIVATIONS: Mapping[type[nn.Module], str] = {
     nn.GELU: "gelu",
     nn.ELU: "elu",
 }
-
-_FLOATS = (torch.float32, torch.float64)
-
-
-def torch_stats(t: torch.Tensor) -> np.ndarray:
-    """:data:`STAT_FIELDS` of a CPU tensor, matching :func:`_format.numpy_stats`.
-
-    The all-finite case costs five fast passes (sum, aminmax, dot, zero count, BLAS asum:
-    ~1.6 ms for 2.4M floats on one core); a tensor with a NaN or Inf takes numpy's masked path.
-    """
-    if not t.is_floating_point():
-        return F.numpy_stats(t.numpy())
-    if t.dtype not in _FLOATS:  # float16 / bfloat16: exact in float32
-        t = t.float()
-    a = t.reshape(-1).contiguous()
-    n = a.numel()
-    if n == 0:
-        return F.numpy_stats(a.numpy())
-    total = float(a.sum())
-    if not math.isfinite(total):
-        return F.numpy_stats(a.numpy())
-    mn, mx = torch.aminmax(a)
-    sumsq = float(torch.dot(a, a))
-    if not math.isfinite(sumsq):  # float32 overflow of finite values: redo in float64
-        sumsq = float(torch.dot(a.double(), a.double()))
-    arr = a.numpy()
-    out = np.empty(F.N_STATS, dtype=np.float64)
-    out[F.STAT["count"]] = n
-    out[F.STAT["nan"]] = 0
-    out[F.STAT["posinf"]] = 0
-    out[F.STAT["neginf"]] = 0
-    out[F.STAT["zero"]] = np.count_nonzero(arr == 0)
-    out[F.STAT["min"]] = float(mn)
-    out[F.STAT["max"]] = float(mx)
-    out[F.STAT["sum"]] = total
-    out[F.STAT["sumsq"]] = sumsq
-    out[F.STAT["l1"]] = abs_sum_f32(arr)
-    return out
-
-
-def _device_stats(t: torch.Tensor) -> torch.Tensor:
-    """The statistics of a CUDA tensor as a float64 device tensor, launched asynchronously."""
-    f = t.float() if t.dtype not in _FLOATS else t
-    flat = f.reshape(-1)
-    finite = torch.isfinite(flat)
-    zero = torch.zeros((), dtype=flat.dtype, device=flat.device)
-    fin = torch.where(finite, flat, zero)
-    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
-    parts = [
-        torch.tensor(float(flat.numel()), device=flat.device, dtype=torch.float64),
-        torch.isnan(flat).sum(),
-        (flat == math.inf).sum(),
-        (flat == -math.inf).sum(),
-        (flat == 0).sum(),
-        torch.where(finite, flat, inf).min() if flat.numel() else inf,
-        torch.where(finite, flat, -inf).max() if flat.numel() else -inf,
-        fin.sum(dtype=torch.float64),
-        (fin.double() * fin.double()).sum(),
-        fin.abs().sum(dtype=torch.float64),
-    ]
-    return torch.stack([p.to(torch.float64) for p in parts])
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    if t.dtype == torch.bfloat16:
-        t = t.float()  # numpy has no bfloat16; float32 holds it exactly
-    elif t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    return t.numpy()
-
-
-class TorchPayload:
-    """One tensor at one step, snapshotted cheaply on the training thread."""
-
-    __slots__ = ("tensor", "host_stats", "host_values", "event")
-
-    def __init__(self, t: torch.Tensor, *, values: bool, copy: bool = True) -> None:
-        t = t.detach()
-        self.event: Any = None
-        self.host_stats: torch.Tensor | None = None
-        self.host_values: torch.Tensor | None = None
-        if t.is_cuda:
-            # Stream-ordered: these read the tensor as it is now, even if the optimizer
-            # changes it later, and the training thread does not wait for them.
-            dev = _device_stats(t)
-            self.host_stats = torch.empty(F.N_STATS, dtype=torch.float64, pin_memory=True)
-            self.host_stats.copy_(dev, non_blocking=True)
-            if values:
-                self.host_values = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                self.host_values.copy_(t, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-            self.tensor = None
-        else:
-            # ``copy=False`` only for tensors nobody changes in place after this point
-            # (gradients replaced, not zeroed, by ``zero_grad``): see TorchHook._grad_copy.
-            self.tensor = t.clone() if copy else t
-
-    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.event is not None:
-            self.event.synchronize()
-            assert self.host_stats is not None
-            vals = _to_numpy(self.host_values) if (want_values and self.host_values is not None) else None
-            return self.host_stats.numpy().copy(), vals
-        assert self.tensor is not None
-        return torch_stats(self.tensor), (_to_numpy(self.tensor) if want_values else None)
-
-
-class UpdatePayload:
-    """The optimizer update of one parameter, ``||W_s - W_{s-1}||_2``, computed off-thread."""
-
-    __slots__ = ("cur", "prev", "norm")
-
-    def __init__(self, cur: torch.Tensor, prev: torch.Tensor) -> None:
-        self.cur, self.prev = cur, prev
-        self.norm: torch.Tensor | None = None
-        if cur.is_cuda:  # one tiny async kernel; the result is copied with the event below
-            self.norm = torch.linalg.vector_norm((cur.float() - prev.float()).reshape(-1)).to(torch.float64)
-
-    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.norm is not None:
-            v = float(self.norm.cpu())
-        else:
-            # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
-            # their difference is exact (Sterbenz), and a float64 copy of both would cost the
-            # writer thread ~5x more (it competes with training for the CPU).
-            cur, prev = self.cur, self.prev
-            if cur.dtype not in _FLOATS:
-                cur, prev = cur.float(), prev.float()
-            v = float(torch.linalg.vector_norm(torch.sub(cur, prev).reshape(-1)))
-        arr = np.asarray(v, dtype=np.float64)
-        return F.numpy_stats(arr), (arr if want_values else None)
-
 
 class TorchHook:
     """Capture a PyTorch training run into a trainaudit run.
@@ -247,6 +118,16 @@ class TorchHook:
         self._last_grad: dict[str, torch.Tensor] = {}
         self._grads_reused = False
         self._wants: dict[tuple[str, str], bool] = {}
+        self._policies: dict[str, CopyPolicy] = {}
+        # Copied tensors whose originals are watched for in-place changes (see CopyPolicy):
+        # those captured before the last forward pass began, and those since.
+        self._probes_old: list[tuple[CopyPolicy, torch.Tensor, int]] = []
+        self._probes_new: list[tuple[CopyPolicy, torch.Tensor, int]] = []
+        # One tensor captured under two names in a step (a conv's output is the next ReLU's
+        # input) gets one payload, so its statistics are computed once.
+        self._step_payloads: dict[tuple[Any, ...], TorchPayload] = {}
+        self._step_stamp: tuple[int, str] | None = None
+        self._copier = ParameterCopier(f"trainaudit-params-{self.recorder.writer.run_id}")
         self._closed = False
 
     # ------------------------------------------------------------------ registration
@@ -350,8 +231,12 @@ class TorchHook:
             except Exception:
                 pass
         self._handles.clear()
+        self._copier.close()
         self._prev_weights.clear()
         self._last_grad.clear()
+        self._probes_old.clear()
+        self._probes_new.clear()
+        self._step_payloads.clear()
         self.recorder.close()
 
     def __enter__(self) -> TorchHook:
@@ -361,23 +246,67 @@ class TorchHook:
         self.close()
 
     # ------------------------------------------------------------------ hooks (training thread)
-    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, copy: bool = True) -> TorchPayload | None:
-        """Snapshot ``t`` into the current step if its schedule says so; returns the payload."""
+    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, how: str | None = None) -> TorchPayload | None:
+        """Snapshot ``t`` into the current step if its schedule says so; returns the payload.
+
+        ``how`` is a :class:`TorchPayload` hand-over; None lets the name's :class:`CopyPolicy`
+        choose between a reference and a copy.
+        """
+        if not self._wanted(collection, name):
+            return None
+        rec = self.recorder
+        stats_due, values_due = self.config.due(collection, rec.mode, rec.mode_step)
+        if not (stats_due or values_due):
+            return None
+        policy = None
+        if not t.is_cuda and how != "owned":
+            policy = self._policies.get(name)
+            if policy is None:
+                policy = self._policies[name] = CopyPolicy()
+            if policy.copy or t.is_inference():  # inference tensors have no version counter
+                how = "copy"
+            elif how is None:
+                how = "copy" if policy.probes_left > 0 else "ref"
+                if how == "copy":
+                    self._probes_new.append((policy, t, t._version))
+        payload = self._shared_payload(t, values_due, how or "copy", policy)
+        rec.add(name, collection, payload, values=values_due, meta=meta)
+        return payload
+
+    def _wanted(self, collection: str, name: str) -> bool:
         key = (collection, name)
         wants = self._wants.get(key)
         if wants is None:
             wants = self._wants[key] = self.config.wants(collection, name)
-        if not wants:
-            return None
-        stats_due, values_due = self.config.due(collection, self.recorder.mode, self.recorder.mode_step)
-        if not (stats_due or values_due):
-            return None
-        payload = TorchPayload(t, values=values_due, copy=copy)
-        self.recorder.add(name, collection, payload, values=values_due, meta=meta)
+        return wants
+
+    def _shared_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload:
+        if how != "ref" or t.is_cuda:
+            return TorchPayload(t, values=values, how=how, policy=policy)
+        # Only references are shared: a reference keeps its tensor alive, so no other tensor
+        # of this step can have the same memory (a freed copy's could be reused).
+        stamp = (self.recorder.global_step, self.recorder.mode)
+        if stamp != self._step_stamp:
+            self._step_payloads.clear()
+            self._step_stamp = stamp
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t._version)
+        payload = self._step_payloads.get(key)
+        if payload is None:
+            payload = self._step_payloads[key] = TorchPayload(t, values=values, how=how, policy=policy)
         return payload
+
+    def _check_probes(self) -> None:
+        """Settle the copy policies of tensors captured before the previous forward pass."""
+        for policy, t, version in self._probes_old:
+            if t._version != version:
+                policy.copy = True
+            elif policy.probes_left > 0:
+                policy.probes_left -= 1
+        self._probes_old, self._probes_new = self._probes_new, []
 
     def _on_model_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
+            self._check_probes()
             rec = self.recorder
             mode = self._explicit_mode or ("train" if module.training else "eval")
             if mode != rec.mode:
@@ -459,12 +388,14 @@ class TorchHook:
             if self.recorder.mode != "train":
                 self.recorder.set_mode("train")
             step = self.recorder.mode_step  # train steps are consecutive even with evals between
+            copies = self._copier.take(step)
             for pname, p, _owner in self._params:
                 meta = self._meta(pname)
                 if p.grad is not None:
-                    self._capture(f"gradients/{pname}", "gradients", p.grad, meta, copy=self._grad_copy(pname, p.grad))
+                    how = "copy" if self._grad_copy(pname, p.grad) else "ref"
+                    self._capture(f"gradients/{pname}", "gradients", p.grad, meta, how=how)
                 coll = "biases" if pname.endswith("bias") else "weights"
-                self._capture_weight(pname, p, coll, meta, step)
+                self._capture_weight(pname, p, coll, meta, step, copies.get(pname))
         except Exception as exc:
             self._error("optimizer step", exc)
 
@@ -489,8 +420,16 @@ class TorchHook:
             return True
         return False
 
-    def _capture_weight(self, pname: str, p: torch.Tensor, coll: str, meta: Mapping[str, Any], step: int) -> None:
-        payload = self._capture(f"{coll}/{pname}", coll, p, meta)
+    def _capture_weight(self, pname: str, p: torch.Tensor, coll: str, meta: Mapping[str, Any], step: int,
+                        copy: ParameterCopy | None) -> None:
+        """Capture a parameter (and its update norm) from the helper thread's ``copy`` when
+        there is one, else from a copy made now."""
+        if copy is None:
+            payload = self._capture(f"{coll}/{pname}", coll, p, meta, how="copy")
+        else:
+            payload = self._capture(f"{coll}/{pname}", coll, copy.tensor, meta, how="owned")
+            if payload is not None and copy.stats is not None:
+                payload.set_stats(copy.stats)
         if payload is None:
             return  # not due at this step
         wants_updates = self.config.wants("updates", f"updates/{pname}")
@@ -503,11 +442,34 @@ class TorchHook:
         if prev is not None and prev[0] == step - 1 and wants_updates:
             s_due, v_due = self.config.due("updates", "train", self.recorder.mode_step)
             if s_due or v_due:
-                self.recorder.add(f"updates/{pname}", "updates", UpdatePayload(snapshot, prev[1]), values=v_due,
+                update: Payload = UpdatePayload(snapshot, prev[1])
+                if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
+                    update = ScalarPayload(math.sqrt(copy.update_sumsq))
+                self.recorder.add(f"updates/{pname}", "updates", update, values=v_due,
                                   meta={**meta, "update": "W[step] - W[step-1]"})
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.recorder.end_step()
+        try:
+            self.recorder.end_step()
+            self._schedule_parameter_copies()
+        except Exception as exc:
+            self._error("optimizer step", exc)
+
+    def _schedule_parameter_copies(self) -> None:
+        """Have the weights of the next train step copied while its forward pass runs."""
+        rec = self.recorder
+        step = rec.mode_steps["train"]
+        due: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
+        updates_due = any(self.config.due("updates", "train", step))
+        for pname, p, _owner in self._params:
+            if p.is_cuda:
+                continue  # device snapshots are asynchronous already
+            coll = "biases" if pname.endswith("bias") else "weights"
+            if self._wanted(coll, f"{coll}/{pname}") and any(self.config.due(coll, "train", step)):
+                prev = self._prev_weights.get(pname)
+                with_prev = prev is not None and prev[0] == step - 1 and updates_due and self._wanted("updates", f"updates/{pname}")
+                due.append((pname, p, prev[1] if with_prev and prev is not None else None))
+        self._copier.schedule(step, due)
 
     def _meta(self, pname: str) -> dict[str, Any]:
         meta = self._param_meta[pname]

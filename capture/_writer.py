@@ -37,6 +37,11 @@ log = logging.getLogger("trainaudit.capture")
 
 MAX_ERRORS_KEPT = 200
 HEARTBEAT_SECONDS = 15.0
+#: How often the writer looks for a stop request (``control`` group), flush or not.
+STOP_POLL_SECONDS = 2.0
+#: Values waiting for a flush beyond this many bytes start one early: memory stays bounded
+#: however large the model and however long ``flush_seconds``.
+MAX_PENDING_VALUE_BYTES = 64 << 20
 
 
 class Payload(Protocol):
@@ -65,7 +70,7 @@ class NumpyPayload:
 class StepItem:
     name: str
     collection: str
-    payload: Payload
+    payload: Payload | None  # None once resolved: the snapshot is released
     values: bool
     meta: Mapping[str, Any] | None = None
 
@@ -273,10 +278,12 @@ class RunWriter:
             self._record_error("open", f"could not open the run for writing: {exc}")
         self._ready.set()
         pending: list[StepRecord] = []
-        last_flush = time.monotonic()
+        pending_bytes = 0
+        last_flush = last_poll = time.monotonic()
         cfg = self.config
         while True:
-            timeout = max(0.01, cfg.flush_seconds - (time.monotonic() - last_flush))
+            now = time.monotonic()
+            timeout = max(0.01, min(cfg.flush_seconds - (now - last_flush), STOP_POLL_SECONDS - (now - last_poll)))
             rec: Any
             try:
                 rec = self._queue.get(timeout=timeout)
@@ -291,18 +298,22 @@ class RunWriter:
                     rec.resolved = self._resolve([rec])[0]
                     rec.items, rec.index = [], {}
                     pending.append(rec)
+                    pending_bytes += sum(v.nbytes for _, _, v in rec.resolved if v is not None)
             due = (
                 closing
                 or markers
                 or len(pending) >= cfg.flush_steps
+                or pending_bytes >= MAX_PENDING_VALUE_BYTES
                 or time.monotonic() - last_flush >= cfg.flush_seconds
             )
             if due:
                 if pending or time.monotonic() - self._last_commit > HEARTBEAT_SECONDS or closing:
                     self._flush(pending, final=closing)
-                pending = []
+                pending, pending_bytes = [], 0
                 last_flush = time.monotonic()
+            if due or time.monotonic() - last_poll >= STOP_POLL_SECONDS:
                 self._poll_stop()
+                last_poll = time.monotonic()
             for ev in markers:
                 ev.set()
             if closing:
@@ -441,10 +452,13 @@ class RunWriter:
             resolved = []
             for item in rec.items:
                 try:
-                    stats, values = item.payload.resolve(item.values)
-                    resolved.append((item, stats, values))
+                    if item.payload is not None:
+                        stats, values = item.payload.resolve(item.values)
+                        resolved.append((item, stats, values))
                 except Exception as exc:
                     self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
+            for item in rec.items:  # release the snapshots now, not at the flush
+                item.payload = None
             out.append(resolved)
         return out
 
@@ -545,7 +559,8 @@ class RunWriter:
         t.values, t.values_index = await asyncio.gather(
             g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape),
                            shards=(shard, *shape) if shard > chunk else None,
-                           dtype=dtype, fill_value=fill, overwrite=True),
+                           dtype=dtype, fill_value=fill, overwrite=True, compressors=F.values_compressors(t.collection),
+                           config=_WRITE_CONFIG),
             g.create_array("values_index", shape=(t.values_cap, 1 + len(shape)), chunks=(F.ROW_CHUNK, 1 + len(shape)),
                            dtype="int64", fill_value=-1, overwrite=True),
         )
@@ -655,6 +670,10 @@ class _Marker:
 
 
 _TIMEOUT = object()
+
+#: Every chunk the writer writes holds captured rows: skip zarr's check for all-fill chunks (a
+#: pass over every chunk written).
+_WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 def _gather(coros: list[Any]) -> list[Any]:

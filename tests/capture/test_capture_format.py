@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule
+from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
+from trainaudit.capture._torch_snapshot import scalar_stats
 
 
 def direct_stats(a: np.ndarray) -> dict[str, float]:
@@ -113,6 +114,63 @@ def test_torch_stats_match_numpy_stats(a: np.ndarray) -> None:
 def test_torch_stats_of_bfloat16_equal_numpy_of_its_float32_image(a: np.ndarray) -> None:
     t = torch.from_numpy(a).to(torch.bfloat16)
     assert_stats_equal(torch_stats(t), F.numpy_stats(t.float().numpy()), rtol=1e-5)
+
+
+def test_fast_stats_extension_is_built() -> None:
+    """``./dev`` builds capture/_fastats.c (gcc is on every machine of ours); a missing build
+    would silently fall back to the five-pass path, several times slower."""
+    assert _compat.HAS_FAST_STATS
+
+
+@st.composite
+def _long_float_arrays(draw: st.DrawFn) -> np.ndarray:
+    """Arrays long enough to cross the C kernel's vector lanes and blocks, with NaN, +-Inf,
+    zeros, tiny and huge (square overflows float32) values planted anywhere."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    n = draw(st.integers(0, 3000))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    a = (rng.standard_normal(n) * draw(st.sampled_from([1e-3, 1.0, 1e3]))).astype(dtype)
+    specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3e20, -3e20, 1e-40, np.finfo(dtype).max]
+    for _ in range(draw(st.integers(0, 6)) if n else 0):
+        a[draw(st.integers(0, n - 1))] = draw(st.sampled_from(specials))
+    return a
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_long_float_arrays())
+def test_fast_stats_match_numpy_stats(a: np.ndarray) -> None:
+    want = F.numpy_stats(a)
+    assert_stats_equal(_compat.fast_stats(a), want, rtol=1e-6)
+    assert_stats_equal(torch_stats(torch.from_numpy(a)), want, rtol=1e-6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_long_float_arrays())
+def test_torch_stats_without_the_extension_match_numpy_stats(a: np.ndarray) -> None:
+    saved = _compat._fastats
+    _compat._fastats = None  # the fallback path of an install without a C compiler
+    try:
+        assert_stats_equal(torch_stats(torch.from_numpy(a)), F.numpy_stats(a), rtol=1e-5)
+    finally:
+        _compat._fastats = saved
+
+
+@pytest.mark.parametrize("v", [0.0, -0.0, 1.5, -3.25, 1e200, np.nan, np.inf, -np.inf])
+def test_scalar_stats_equal_numpy_stats(v: float) -> None:
+    assert_stats_equal(scalar_stats(v), F.numpy_stats(np.array(v)), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_diff_sumsq(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(5000).astype(dtype)
+    b = (a + rng.standard_normal(5000) * 1e-3).astype(dtype)
+    want = float(np.sum((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    assert math.isclose(_compat.diff_sumsq(a, b), want, rel_tol=1e-6)
+    big = np.full(40, 3e20, dtype=dtype)
+    assert math.isclose(_compat.diff_sumsq(big, -big), 40 * (6e20 if dtype == np.float64 else 2 * float(np.float32(3e20))) ** 2, rel_tol=1e-6)
+    assert _compat.diff_sumsq(a, b.astype(np.float16)) is None  # mixed dtypes: the caller's fallback
 
 
 def test_torch_stats_float32_overflow_of_sumsq_is_redone_in_float64() -> None:
@@ -238,6 +296,11 @@ def test_config_defaults() -> None:
 
     due = [s for s in range(120) if cfg.due("weights", "train", s)[1]]
     assert due == sorted(set(range(DEFAULT_FIRST_STEPS)) | set(range(0, 120, DEFAULT_VALUE_INTERVAL)))
+    # gradients (read by their rules as statistics) far more rarely
+    from trainaudit.capture._config import DEFAULT_GRADIENT_VALUE_INTERVAL
+
+    due = [s for s in range(1200) if cfg.due("gradients", "train", s)[1]]
+    assert due == sorted(set(range(DEFAULT_FIRST_STEPS)) | set(range(0, 1200, DEFAULT_GRADIENT_VALUE_INTERVAL)))
     # labels and predictions in full every step; scalars (losses, update norms) live in their
     # statistics every step and follow the sampled value schedule
     assert all(cfg.due(c, "eval", 13)[1] for c in ("labels", "predictions"))

@@ -5,6 +5,8 @@ loop itself saw."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -447,3 +449,129 @@ def test_stop_request_reaches_the_training_loop(local_dir: str) -> None:
     hook.close()
     assert open_run(uri).status == "complete"
     assert not any(seen[:3])
+
+
+# ------------------------------------------------------------------ how tensors reach the writer
+
+
+def test_in_place_activations_are_read_as_they_were_captured(local_dir: str) -> None:
+    """A Linear output that ``ReLU(inplace=True)`` overwrites in the same forward pass must be
+    stored as the Linear produced it: the hook notices the in-place change on its first steps
+    and copies that tensor from then on; nothing is dropped or recorded wrong."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(inplace=True), nn.Linear(32, 4))
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri, config=CaptureConfig.full())
+    tr = train(model, hook, x, y, steps=8)
+    hook.close()
+    run = open_run(uri)
+    assert run.errors == []
+    assert hook._policies["outputs/0"].copy  # learnt: this name is changed in place
+    assert not hook._policies["outputs/2"].copy and hook._policies["outputs/2"].probes_left == 0  # passed by reference
+    for s in range(8):
+        w, b = tr.weights[s]["0.weight"], tr.weights[s]["0.bias"]
+        pre = tr.inputs[s].reshape(len(tr.inputs[s]), -1) @ w.T + b
+        np.testing.assert_allclose(run.values("outputs/0", s), pre, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run.values("activation_inputs/1", s), pre, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run.values("outputs/1", s), np.maximum(pre, 0), rtol=1e-5, atol=1e-6)
+    _assert_values(run, "outputs/2", tr.logits)
+
+
+class _Blocking:
+    """A payload whose resolve waits for the test: holds the writer thread still."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        self.started.set()
+        self.release.wait(30)
+        return F.numpy_stats(np.zeros(1)), None
+
+
+def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -> None:
+    """Two ways a tensor passed by reference can change before the writer reads it:
+    ``buffer`` is overwritten in place every step from the start (the hook's probes notice
+    within two steps and copy it, so nothing is lost); ``late`` is a fresh tensor for five
+    steps (so it goes by reference) and then a buffer overwritten in place, while the writer
+    is held up: the writer's own check drops that one reading, records why, and the name is
+    copied from then on."""
+    torch.manual_seed(4)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    buffer, late = torch.zeros(16, 4), torch.zeros(16, 4)
+    seen_buffer: list[np.ndarray] = []
+    seen_late: dict[int, np.ndarray] = {}
+    hook = TorchHook(uri, config=CaptureConfig.full()).register(model, opt, nn.CrossEntropyLoss())
+    blocker = _Blocking()
+    for s in range(10):
+        opt.zero_grad()
+        out = model(x[s * 16 : s * 16 + 16])
+        if s == 5:
+            hook.recorder.add("other/blocker", "other", blocker, values=False)  # the writer stalls on step 5
+        with torch.no_grad():
+            buffer.copy_(out)  # the same memory every step, overwritten in place
+            if s < 5:
+                fresh = out.detach() * 2  # a new tensor each step
+                hook.record("other/late", fresh, collection="other")
+                seen_late[s] = fresh.numpy().copy()
+            else:
+                late.copy_(out * 2)
+                hook.record("other/late", late, collection="other")
+                seen_late[s] = late.numpy().copy()
+        hook.record("other/buffer", buffer, collection="other")
+        seen_buffer.append(buffer.numpy().copy())
+        Fn.cross_entropy(out, y[s * 16 : s * 16 + 16]).backward()
+        opt.step()
+        if s == 5:
+            assert blocker.started.wait(10)
+        if s == 6:
+            blocker.release.set()  # step 6 overwrote `late` before the writer read step 5
+            hook.flush()  # (and step 6's reading is taken before step 7 overwrites it)
+    hook.close()
+    run = open_run(uri)
+    for s in range(10):
+        np.testing.assert_array_equal(run.values("other/buffer", s), seen_buffer[s])
+    assert hook._policies["other/buffer"].copy
+    late_steps = run.stats("other/late").step.tolist()
+    assert 5 not in late_steps and late_steps == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    for s in late_steps:
+        np.testing.assert_array_equal(run.values("other/late", s), seen_late[s])
+    errors = [e for e in run.errors if e.get("tensor") == "other/late"]
+    assert len(errors) == 1 and "step 5" in errors[0]["message"] and "changed in place" in errors[0]["message"]
+    assert hook._policies["other/late"].copy
+
+
+def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str) -> None:
+    """Given time between steps, the helper thread makes the weight copies (with their
+    statistics and update norms); a max-norm constraint applied after ``optimizer.step()``
+    changes weights in the window, and those copies are refused and remade."""
+    torch.manual_seed(6)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    used: list[dict[str, np.ndarray]] = []
+    with TorchHook(uri, config=CaptureConfig.full()).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        for s in range(10):
+            opt.zero_grad()
+            Fn.cross_entropy(model(x[s * 16 : s * 16 + 16]), y[s * 16 : s * 16 + 16]).backward()
+            used.append({k: p.detach().numpy().copy() for k, p in model.named_parameters()})
+            opt.step()
+            time.sleep(0.02)  # the helper thread copies while the training thread is away
+            if s % 3 == 2:
+                with torch.no_grad():
+                    model[0].weight.clamp_(-0.2, 0.2)  # in place, after the copy was made
+        copier = hook._copier
+    assert copier.taken > 0 and copier.missed > 0
+    run = open_run(uri)
+    assert run.errors == []
+    for name in ("0.weight", "0.bias", "2.weight", "4.bias"):
+        coll = "weights" if name.endswith("weight") else "biases"
+        _assert_values(run, f"{coll}/{name}", [u[name] for u in used])
+        upd = run.stats(f"updates/{name}")
+        want = [np.linalg.norm((used[s][name].astype(np.float64) - used[s - 1][name]).ravel()) for s in range(1, 10)]
+        np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-5)

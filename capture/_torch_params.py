@@ -1,0 +1,178 @@
+"""Copying a model's parameters off the training thread, between two optimizer steps.
+
+The optimizer changes parameters in place, so the writer needs a private copy of the weights
+each step it records them. Made in the optimizer's step pre-hook, that copy costs the
+training thread a memcpy of the whole model every step (about a fifth of a small MLP's CPU
+step). But the weights of step ``s`` are final as soon as step ``s-1``'s ``optimizer.step()``
+returns, and nothing changes them through step ``s``'s forward and backward passes: a helper
+thread copies them in that window, while the training thread computes.
+
+The window is checked, not assumed. Step ``s``'s pre-hook (the end of the window) takes the
+copy only if the helper started it in time (otherwise the pre-hook cancels it and the hook
+copies on the training thread, as before) and only for parameters whose version counter
+still reads what it read when the window opened (something that changes weights in place
+between steps, such as a max-norm constraint after ``optimizer.step()``, sends those
+parameters back to the training-thread copy). A copy the helper is still making when the
+window closes is waited for: the optimizer must not change what it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ._compat import snapshot
+
+__all__ = ["ParameterCopier", "ParameterCopy"]
+
+log = logging.getLogger("trainaudit.capture")
+
+_PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+#: Copies kept per parameter for reuse. A step's copy lives until the writer has its statistics
+#: (and the update norm of the next step used it): usually two or three are in use at a time.
+POOL_SIZE = 4
+
+
+class ParameterCopy(NamedTuple):
+    """A parameter's private copy, and what the copy pass measured on the way (when the
+    ``_fastats`` extension did it): its statistics and ``sum((W_s - W_{s-1})**2)``."""
+
+    tensor: torch.Tensor
+    stats: np.ndarray | None = None
+    update_sumsq: float | None = None
+
+
+class _CopyJob:
+    __slots__ = ("step", "params", "versions", "state", "copies", "lock", "done")
+
+    def __init__(self, step: int, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
+        self.step = step
+        self.params = list(params)
+        self.versions = [p._version for _, p, _ in self.params]
+        self.state = _PENDING
+        self.copies: dict[str, ParameterCopy] = {}
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+
+
+class ParameterCopier:
+    """Copies parameters for a coming train step on a helper thread (see the module docstring).
+
+    ``schedule(step, params)`` right after an optimizer step, with ``(name, parameter,
+    previous copy or None)`` triples; ``take(step)`` in the next optimizer step's pre-hook
+    returns ``{name: ParameterCopy}`` for the parameters whose copy is whole (possibly none).
+    With the ``_fastats`` extension the copy pass also takes the statistics of the copy and
+    its distance to the previous copy, so the writer never reads the weights again. Never
+    raises into the training loop.
+    """
+
+    def __init__(self, name: str = "trainaudit-params") -> None:
+        self._queue: queue.SimpleQueue[_CopyJob | None] = queue.SimpleQueue()
+        self._job: _CopyJob | None = None
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self.taken = 0  # copies handed out whole (for tests and benchmarks)
+        self.missed = 0  # copies the training thread had to make after all
+        # Reused copies: a fresh allocation of a large tensor costs a page fault per 4 KiB on
+        # first touch, 3-4x the copy itself.
+        self._pools: dict[str, list[torch.Tensor]] = {}
+
+    def schedule(self, step: int, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
+        """Start copying ``params`` (CPU tensors) for train step ``step``; a previous copy
+        given with a parameter gets its update norm measured."""
+        self._cancel(self._job)  # an optimizer step was skipped (e.g. by a GradScaler)
+        self._job = None
+        if not params:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        job = _CopyJob(step, params)
+        self._job = job
+        self._queue.put(job)
+
+    def take(self, step: int) -> dict[str, ParameterCopy]:
+        """The whole copies made for ``step``; parameters missing from the result need a copy."""
+        job, self._job = self._job, None
+        if job is None:
+            return {}
+        started = self._cancel(job)
+        if job.step != step or not started:
+            self.missed += len(job.params)
+            return {}
+        if not job.done.wait(30.0):  # pragma: no cover - a copy never takes this long
+            return {}
+        out = {name: job.copies[name] for (name, p, _), v in zip(job.params, job.versions, strict=True)
+               if name in job.copies and p._version == v}
+        self.taken += len(out)
+        self.missed += len(job.params) - len(out)
+        return out
+
+    def close(self) -> None:
+        self._cancel(self._job)
+        self._job = None
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10.0)
+            self._thread = None
+
+    def _copy(self, name: str, p: torch.Tensor, prev: torch.Tensor | None) -> ParameterCopy:
+        """``p``'s values in a buffer nobody else holds (a pooled one when one is free)."""
+        src = p.detach()
+        dst = self._free_buffer(name, src)
+        if src.is_contiguous() and (prev is None or (prev.is_contiguous() and prev.shape == src.shape and prev.dtype == src.dtype)):
+            fused = snapshot(src.numpy(), dst.numpy(), None if prev is None else prev.numpy())
+            if fused is not None:
+                return ParameterCopy(dst, fused[0], fused[1])
+        return ParameterCopy(dst.copy_(src))
+
+    def _free_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        pool = self._pools.setdefault(name, [])
+        for buf in pool:
+            # Free when only the pool and this loop refer to it (+1 for getrefcount's argument).
+            # Everyone else holds the tensor object itself (the writer's payload, the hook's
+            # previous-weights snapshot); values handed to the writer as numpy are copies.
+            if sys.getrefcount(buf) == 3 and buf.shape == like.shape and buf.dtype == like.dtype:
+                return buf
+        buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        if len(pool) < POOL_SIZE:
+            pool.append(buf)
+        return buf
+
+    @staticmethod
+    def _cancel(job: _CopyJob | None) -> bool:
+        """Cancel ``job`` if it has not started; True when it started (or finished)."""
+        if job is None:
+            return False
+        with job.lock:
+            if job.state == _PENDING:
+                job.state = _CANCELLED
+                return False
+            return job.state != _CANCELLED
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with job.lock:
+                if job.state != _PENDING:
+                    continue
+                job.state = _RUNNING
+            try:
+                job.copies = {name: self._copy(name, p, prev) for name, p, prev in job.params}
+            except Exception as exc:  # capture never crashes training: the pre-hook copies instead
+                log.warning("trainaudit: could not copy parameters off the training thread: %s", exc)
+                job.copies = {}
+            finally:
+                with job.lock:
+                    job.state = _DONE
+                job.done.set()

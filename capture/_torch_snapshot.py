@@ -1,0 +1,255 @@
+"""How a PyTorch tensor gets from the training thread to the writer thread, cheaply.
+
+The training thread hands over a :class:`TorchPayload`; the writer thread calls its
+``resolve`` to get the statistics (and values). Three ways to hand a CPU tensor over, from
+cheapest:
+
+* **owned**: a private copy someone already made (the parameter copier's, see
+  ``_torch_params``): nothing to do.
+* **by reference**: the tensor itself, plus its version counter. Free, and right as long as
+  nothing changes the tensor in place before the writer reads it; the writer checks the
+  counter after reading and drops a reading taken from a changed tensor
+  (:class:`ChangedInPlace`). Which names are safe to pass this way is learnt per name
+  (:class:`CopyPolicy`).
+* **copied**: ``clone()`` on the training thread, a memcpy of the tensor.
+
+CUDA tensors are never copied synchronously: their statistics are reduced on the device and
+copied to pinned host memory asynchronously, stream-ordered with the training's own kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _format as F
+from ._compat import abs_sum_f32, diff_sumsq, fast_stats
+
+__all__ = ["torch_stats", "scalar_stats", "TorchPayload", "UpdatePayload", "ScalarPayload", "CopyPolicy",
+           "ChangedInPlace", "PROBE_FORWARDS"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+#: Forward passes a name's copied tensors are watched for in-place changes before the name is
+#: passed by reference (see :class:`CopyPolicy`).
+PROBE_FORWARDS = 2
+
+
+class ChangedInPlace(RuntimeError):
+    """A tensor passed by reference changed before the writer could read it."""
+
+
+class CopyPolicy:
+    """Whether tensors captured under one name must be copied on the training thread.
+
+    A reference costs nothing, but the writer reads it a little later: a tensor changed in
+    place in between (a module output that ``ReLU(inplace=True)`` overwrites, a buffer a module
+    reuses) would be read wrong. So a name starts out copied while the hook watches the
+    version counters of the originals for ``PROBE_FORWARDS`` forward passes; a counter that
+    moved means the name is copied for good, none moving means the name is passed by
+    reference from then on. The writer re-checks every reference after reading it, so a
+    tensor that changes later still never gives a wrong reading: that one reading is dropped
+    (and recorded), and the name goes back to copies.
+    """
+
+    __slots__ = ("copy", "probes_left")
+
+    def __init__(self) -> None:
+        self.copy = False
+        self.probes_left = PROBE_FORWARDS
+
+
+def torch_stats(t: torch.Tensor) -> np.ndarray:
+    """:data:`STAT_FIELDS` of a CPU tensor, matching :func:`_format.numpy_stats`.
+
+    One pass in C when the ``_fastats`` extension is built (~0.1 ms for 400k floats). Without
+    it, the all-finite case costs five fast passes (sum, aminmax, dot, zero count, BLAS asum:
+    ~1.6 ms for 2.4M floats on one core) and a tensor with a NaN or Inf numpy's masked path.
+    """
+    if not t.is_floating_point():
+        return F.numpy_stats(t.numpy())
+    if t.dtype not in _FLOATS:  # float16 / bfloat16: exact in float32
+        t = t.float()
+    a = t.reshape(-1).contiguous()
+    fast = fast_stats(a.numpy())
+    if fast is not None:
+        return fast
+    n = a.numel()
+    if n == 0:
+        return F.numpy_stats(a.numpy())
+    total = float(a.sum())
+    if not math.isfinite(total):
+        return F.numpy_stats(a.numpy())
+    mn, mx = torch.aminmax(a)
+    sumsq = float(torch.dot(a, a))
+    if not math.isfinite(sumsq):  # float32 overflow of finite values: redo in float64
+        sumsq = float(torch.dot(a.double(), a.double()))
+    arr = a.numpy()
+    out = np.empty(F.N_STATS, dtype=np.float64)
+    out[F.STAT["count"]] = n
+    out[F.STAT["nan"]] = 0
+    out[F.STAT["posinf"]] = 0
+    out[F.STAT["neginf"]] = 0
+    out[F.STAT["zero"]] = np.count_nonzero(arr == 0)
+    out[F.STAT["min"]] = float(mn)
+    out[F.STAT["max"]] = float(mx)
+    out[F.STAT["sum"]] = total
+    out[F.STAT["sumsq"]] = sumsq
+    out[F.STAT["l1"]] = abs_sum_f32(arr)
+    return out
+
+
+def _device_stats(t: torch.Tensor) -> torch.Tensor:
+    """The statistics of a CUDA tensor as a float64 device tensor, launched asynchronously."""
+    f = t.float() if t.dtype not in _FLOATS else t
+    flat = f.reshape(-1)
+    finite = torch.isfinite(flat)
+    zero = torch.zeros((), dtype=flat.dtype, device=flat.device)
+    fin = torch.where(finite, flat, zero)
+    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
+    parts = [
+        torch.tensor(float(flat.numel()), device=flat.device, dtype=torch.float64),
+        torch.isnan(flat).sum(),
+        (flat == math.inf).sum(),
+        (flat == -math.inf).sum(),
+        (flat == 0).sum(),
+        torch.where(finite, flat, inf).min() if flat.numel() else inf,
+        torch.where(finite, flat, -inf).max() if flat.numel() else -inf,
+        fin.sum(dtype=torch.float64),
+        (fin.double() * fin.double()).sum(),
+        fin.abs().sum(dtype=torch.float64),
+    ]
+    return torch.stack([p.to(torch.float64) for p in parts])
+
+
+def _to_numpy(t: torch.Tensor, *, copy: bool = False) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy()  # numpy has no bfloat16; float32 holds it exactly (a new array)
+    if t.dtype == torch.bool:
+        return t.to(torch.uint8).numpy()
+    return np.array(t.numpy(), copy=True) if copy else t.numpy()
+
+
+class TorchPayload:
+    """One tensor at one step, handed from the training thread to the writer.
+
+    Args:
+        t: the tensor.
+        values: whether its full values are due (CUDA: copied to host asynchronously now).
+        how: ``"copy"`` (clone it now), ``"ref"`` (keep a reference, check its version counter
+            after reading) or ``"owned"`` (``t`` is already a private copy).
+        policy: the name's :class:`CopyPolicy`, told when a reference turns out changed.
+    """
+
+    __slots__ = ("tensor", "version", "policy", "private", "host_stats", "host_values", "event", "_stats")
+
+    def __init__(self, t: torch.Tensor, *, values: bool, how: str = "copy", policy: CopyPolicy | None = None) -> None:
+        if how != "owned":  # an owned copy is kept as the very object its pool tracks
+            t = t.detach()
+        self.event: Any = None
+        self.host_stats: torch.Tensor | None = None
+        self.host_values: torch.Tensor | None = None
+        self.version: int | None = None
+        self.policy = policy
+        # Only a clone this payload made is nobody else's: values handed out as numpy views of
+        # anything else could change before the writer's next flush.
+        self.private = how == "copy"
+        self._stats: np.ndarray | None = None
+        if t.is_cuda:
+            # Stream-ordered: these read the tensor as it is now, even if the optimizer
+            # changes it later, and the training thread does not wait for them.
+            dev = _device_stats(t)
+            self.host_stats = torch.empty(F.N_STATS, dtype=torch.float64, pin_memory=True)
+            self.host_stats.copy_(dev, non_blocking=True)
+            if values:
+                self.host_values = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                self.host_values.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            self.tensor = None
+        elif how == "ref":
+            self.tensor = t
+            self.version = t._version
+        elif how == "owned":
+            self.tensor = t
+        else:
+            self.tensor = t.clone()
+
+    def set_stats(self, stats: np.ndarray) -> None:
+        """Statistics measured already (by the parameter copier's pass): the writer uses them."""
+        self._stats = stats
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.event is not None:
+            self.event.synchronize()
+            assert self.host_stats is not None
+            vals = _to_numpy(self.host_values) if (want_values and self.host_values is not None) else None
+            return self.host_stats.numpy().copy(), vals
+        t = self.tensor
+        assert t is not None
+        if self._stats is None:  # one tensor can sit under two names (a conv's output, a ReLU's input)
+            self._stats = torch_stats(t)
+        values = _to_numpy(t, copy=not self.private) if want_values else None
+        if self.version is not None and t._version != self.version:
+            if self.policy is not None:
+                self.policy.copy = True
+            raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
+        return self._stats, values
+
+
+class ScalarPayload:
+    """A number known on the training thread (an update norm the copy pass measured)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        return scalar_stats(self.value), (np.asarray(self.value, dtype=np.float64) if want_values else None)
+
+
+class UpdatePayload:
+    """The optimizer update of one parameter, ``||W_s - W_{s-1}||_2``, computed off-thread."""
+
+    __slots__ = ("cur", "prev", "norm")
+
+    def __init__(self, cur: torch.Tensor, prev: torch.Tensor) -> None:
+        self.cur, self.prev = cur, prev
+        self.norm: torch.Tensor | None = None
+        if cur.is_cuda:  # one tiny async kernel; the result is copied with the event below
+            self.norm = torch.linalg.vector_norm((cur.float() - prev.float()).reshape(-1)).to(torch.float64)
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.norm is not None:
+            v = float(self.norm.cpu())
+        else:
+            # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
+            # their difference is exact (Sterbenz), and a float64 copy of both would cost the
+            # writer thread ~5x more (it competes with training for the CPU).
+            cur, prev = self.cur, self.prev
+            if cur.dtype not in _FLOATS:
+                cur, prev = cur.float(), prev.float()
+            cur, prev = cur.reshape(-1).contiguous(), prev.reshape(-1).contiguous()
+            sq = diff_sumsq(cur.numpy(), prev.numpy())
+            v = math.sqrt(sq) if sq is not None else float(torch.linalg.vector_norm(torch.sub(cur, prev)))
+        arr = np.asarray(v, dtype=np.float64)
+        return scalar_stats(v), (arr if want_values else None)
+
+
+def scalar_stats(v: float) -> np.ndarray:
+    """:data:`STAT_FIELDS` of one finite or non-finite number (``numpy_stats`` costs ~40x more)."""
+    out = np.zeros(F.N_STATS, dtype=np.float64)
+    out[F.STAT["count"]] = 1
+    if math.isfinite(v):
+        out[F.STAT["zero"]] = v == 0
+        out[F.STAT["min"]] = out[F.STAT["max"]] = out[F.STAT["sum"]] = v
+        out[F.STAT["sumsq"]] = v * v
+        out[F.STAT["l1"]] = abs(v)
+    else:
+        out[F.STAT["nan" if math.isnan(v) else "posinf" if v > 0 else "neginf"]] = 1
+        out[F.STAT["min"]] = out[F.STAT["max"]] = np.nan
+    return out
