@@ -69,3 +69,11 @@ def snapshot(src: np.ndarray, dst: np.ndarray, prev: np.ndarray | None) -> tuple
         return None
     out = _fastats.snapshot(src, dst, prev)
     return np.array(out[:-1], dtype=np.float64), out[-1]
+
+
+def fast_stats_many(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
+    """:func:`fast_stats` of many contiguous float32/float64 arrays in one call (the GIL
+    released once), or None without the extension."""
+    if _fastats is None:
+        return None
+    return [np.array(s, dtype=np.float64) for s in _fastats.stats_many(arrays)]

@@ -15,6 +15,7 @@
  * Python API (contiguous buffers of float32 or float64, any shape; format "f" or "d"):
  *   stats(buffer) -> (count, nan, posinf, neginf, zero, min, max, sum, sumsq, l1)
  *   diff_sumsq(a, b) -> sum((a - b)**2) over a and b of the same format and size
+ *   stats_many(buffers) -> list of stats tuples, the GIL released once for all of them
  *   snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src
  *       into dst on the way (prev may be None): a parameter's copy, statistics and update
  *       norm in one pass over its memory.
@@ -38,6 +39,8 @@
 typedef struct {
     double count, nan, posinf, neginf, zero, min, max, sum, sumsq, l1;
 } stats_t;
+
+static PyObject *stats_tuple(stats_t *s);
 
 static void stats_init(stats_t *s, Py_ssize_t n) {
     memset(s, 0, sizeof(*s));
@@ -213,9 +216,7 @@ static PyObject *py_stats(PyObject *self, PyObject *obj) {
     else stats_f64((const double *)view.buf, n, &s);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
-    if (s.count == s.nan + s.posinf + s.neginf) { s.min = NAN; s.max = NAN; }  /* nothing finite */
-    return Py_BuildValue("(dddddddddd)", s.count, s.nan, s.posinf, s.neginf, s.zero, s.min, s.max,
-                         s.sum, s.sumsq, s.l1);
+    return stats_tuple(&s);
 }
 
 static PyObject *py_diff_sumsq(PyObject *self, PyObject *args) {
@@ -240,6 +241,50 @@ static PyObject *py_diff_sumsq(PyObject *self, PyObject *args) {
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
     return PyFloat_FromDouble(total);
+}
+
+static PyObject *stats_tuple(stats_t *s) {
+    if (s->count == s->nan + s->posinf + s->neginf) { s->min = NAN; s->max = NAN; }  /* nothing finite */
+    return Py_BuildValue("(dddddddddd)", s->count, s->nan, s->posinf, s->neginf, s->zero, s->min, s->max,
+                         s->sum, s->sumsq, s->l1);
+}
+
+/* The writer's batch: every tensor of a step in one call, so the GIL changes hands once per
+ * step instead of once per tensor (each hand-over can make the training thread wait). */
+static PyObject *py_stats_many(PyObject *self, PyObject *seq_obj) {
+    PyObject *seq = PySequence_Fast(seq_obj, "stats_many needs a sequence of buffers");
+    if (!seq) return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer *views = PyMem_Calloc((size_t)(k ? k : 1), sizeof(Py_buffer));
+    char *kinds = PyMem_Calloc((size_t)(k ? k : 1), 1);
+    stats_t *out = PyMem_Calloc((size_t)(k ? k : 1), sizeof(stats_t));
+    PyObject *result = NULL;
+    Py_ssize_t got = 0;
+    if (!views || !kinds || !out) { PyErr_NoMemory(); goto done; }
+    for (; got < k; got++)
+        if (get_buffer(PySequence_Fast_GET_ITEM(seq, got), &views[got], &kinds[got]) < 0) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t n = views[i].len / views[i].itemsize;
+        stats_init(&out[i], n);
+        if (kinds[i] == 'f') stats_f32((const float *)views[i].buf, n, &out[i]);
+        else stats_f64((const double *)views[i].buf, n, &out[i]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(k);
+    if (!result) goto done;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *t = stats_tuple(&out[i]);
+        if (!t) { Py_CLEAR(result); goto done; }
+        PyList_SET_ITEM(result, i, t);
+    }
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(kinds);
+    PyMem_Free(out);
+    Py_DECREF(seq);
+    return result;
 }
 
 static void stats_block(char kind, const char *x, Py_ssize_t m, stats_t *s) {
@@ -301,6 +346,8 @@ static PyMethodDef methods[] = {
      "float32/float64 buffer; min/max/sums over the finite values, in one pass without the GIL."},
     {"diff_sumsq", py_diff_sumsq, METH_VARARGS,
      "diff_sumsq(a, b) -> sum((a - b)**2) of two contiguous buffers of the same float format and size."},
+    {"stats_many", py_stats_many, METH_O,
+     "stats_many(buffers) -> [stats(b) for b in buffers], computed with the GIL released once."},
     {"snapshot", py_snapshot, METH_VARARGS,
      "snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src into dst "
      "in the same pass; prev may be None."},

@@ -119,6 +119,7 @@ class TorchHook:
         self._grads_reused = False
         self._wants: dict[tuple[str, str], bool] = {}
         self._policies: dict[str, CopyPolicy] = {}
+        self._module_tensors: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         # Copied tensors whose originals are watched for in-place changes (see CopyPolicy):
         # those captured before the last forward pass began, and those since.
         self._probes_old: list[tuple[CopyPolicy, torch.Tensor, int]] = []
@@ -320,6 +321,18 @@ class TorchHook:
         except Exception as exc:
             self._error("forward", exc)
 
+    def _module_tensor(self, collection: str, name: str, act: str | None) -> tuple[str, dict[str, Any]]:
+        """The tensor name and metadata of a module's output or activation input (built once:
+        the hooks run for every module at every step)."""
+        key = (collection, name)
+        cached = self._module_tensors.get(key)
+        if cached is None:
+            meta: dict[str, Any] = {"module": name, "module_type": self._module_type[name], "depth": self._depth_of(name)}
+            if act:
+                meta["activation"] = act
+            cached = self._module_tensors[key] = (f"{collection}/{name}", meta)
+        return cached
+
     def _depth_of(self, name: str) -> int:
         d = self._depth.get(name)
         if d is None:
@@ -328,12 +341,9 @@ class TorchHook:
 
     def _on_module_output(self, name: str, act: str | None, module: nn.Module, inputs: Any, output: Any) -> None:
         try:
-            depth = self._depth_of(name)
+            tname, meta = self._module_tensor("outputs", name, act)
             if isinstance(output, torch.Tensor) and output.is_floating_point():
-                meta: dict[str, Any] = {"module": name, "module_type": self._module_type[name], "depth": depth}
-                if act:
-                    meta["activation"] = act
-                self._capture(f"outputs/{name}", "outputs", output, meta)
+                self._capture(tname, "outputs", output, meta)
         except Exception as exc:
             self._error(f"outputs/{name}", exc)
 
@@ -341,8 +351,8 @@ class TorchHook:
         # A pre-hook: an in-place activation (ReLU(inplace=True)) has not overwritten it yet.
         try:
             if args and isinstance(args[0], torch.Tensor):
-                meta = {"module": name, "module_type": self._module_type[name], "depth": self._depth_of(name), "activation": act}
-                self._capture(f"activation_inputs/{name}", "activation_inputs", args[0], meta)
+                tname, meta = self._module_tensor("activation_inputs", name, act)
+                self._capture(tname, "activation_inputs", args[0], meta)
         except Exception as exc:
             self._error(f"activation_inputs/{name}", exc)
 

@@ -178,6 +178,15 @@ class TorchPayload:
         else:
             self.tensor = t.clone()
 
+    def stats_buffer(self) -> np.ndarray | None:
+        """The float32/float64 array whose statistics this payload needs, for the writer to
+        compute them with every other tensor of the step in one call; None when they are
+        known already or come another way (CUDA, other dtypes)."""
+        t = self.tensor
+        if self._stats is not None or t is None or t.dtype not in _FLOATS or not t.is_contiguous():
+            return None
+        return t.numpy()
+
     def set_stats(self, stats: np.ndarray) -> None:
         """Statistics measured already (by the parameter copier's pass): the writer uses them."""
         self._stats = stats

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _format as F
+from ._compat import fast_stats_many
 from ._config import CaptureConfig
 
 __all__ = ["Payload", "NumpyPayload", "StepItem", "StepRecord", "RunWriter"]
@@ -449,6 +450,7 @@ class RunWriter:
         skipped, never raised."""
         out = []
         for rec in pending:
+            self._batch_stats(rec.items)
             resolved = []
             for item in rec.items:
                 try:
@@ -461,6 +463,33 @@ class RunWriter:
                 item.payload = None
             out.append(resolved)
         return out
+
+    def _batch_stats(self, items: list[StepItem]) -> None:
+        """Statistics of every payload of a step that offers a float buffer, in one call to
+        the C extension: the GIL changes hands once per step, not once per tensor."""
+        bufs: list[np.ndarray] = []
+        owners: list[Any] = []
+        seen: set[int] = set()
+        for item in items:
+            get = getattr(item.payload, "stats_buffer", None)
+            if get is None or id(item.payload) in seen:
+                continue
+            seen.add(id(item.payload))
+            try:
+                buf = get()
+            except Exception:
+                continue  # resolve() reports it
+            if buf is not None:
+                bufs.append(buf)
+                owners.append(item.payload)
+        if not bufs:
+            return
+        try:
+            results = fast_stats_many(bufs)
+        except Exception:
+            return  # each payload computes its own
+        for payload, stats in zip(owners, results or [], strict=False):
+            payload.set_stats(stats)
 
     def _write_batch(self, pending: list[StepRecord], batch: list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]) -> None:
         """Write one batch of steps.

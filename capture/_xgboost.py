@@ -43,7 +43,7 @@ Capture never crashes training: every callback body is guarded, a failure is rec
 run (``run.errors``) and, after ``MAX_FAILURES`` failures, that part stops being captured.
 
 Stop requests: once a watcher asks the run to stop (``request_stop(uri, reason=...)``, noticed
-by the writer after its next flush: within ``flush_seconds``), ``after_iteration`` returns True
+by the writer within 2 s), ``after_iteration`` returns True
 and xgboost ends boosting cleanly after the current round; the run is closed with the reason.
 """
 

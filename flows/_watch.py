@@ -5,7 +5,7 @@ the run as committed so far (the ``audit-run`` flow, on one Dask cluster kept fo
 watch) and evaluates ``StalledTraining`` (no step committed for ``stall_seconds``). When a
 rule listed in ``stop_on`` (or any critical rule, with ``stop_on=["critical"]``) fires, it
 emits a Prefect event and writes a stop request into the run; the capture hook notices it at
-its next flush (within ``flush_seconds``, 2 s by default) and sets ``hook.stop_requested``,
+its next poll (every 2 s) and sets ``hook.stop_requested``,
 which the training loop checks to finish cleanly (XGBoost's callback stops boosting itself).
 The watch ends when the run is complete or incomplete, or after ``max_passes``.
 """

@@ -145,6 +145,20 @@ def test_fast_stats_match_numpy_stats(a: np.ndarray) -> None:
     assert_stats_equal(torch_stats(torch.from_numpy(a)), want, rtol=1e-6)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_long_float_arrays(), max_size=6))
+def test_fast_stats_many_equal_one_by_one(arrays: list[np.ndarray]) -> None:
+    got = _compat.fast_stats_many(arrays)
+    assert got is not None and len(got) == len(arrays)
+    for g, a in zip(got, arrays, strict=True):
+        assert_stats_equal(g, F.numpy_stats(a), rtol=1e-6)
+
+
+def test_fast_stats_many_refuses_other_dtypes() -> None:
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _compat.fast_stats_many([np.zeros(3, dtype=np.float32), np.zeros(3, dtype=np.int32)])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_long_float_arrays())
 def test_torch_stats_without_the_extension_match_numpy_stats(a: np.ndarray) -> None:
