@@ -77,3 +77,21 @@ def fast_stats_many(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
     if _fastats is None:
         return None
     return [np.array(s, dtype=np.float64) for s in _fastats.stats_many(arrays)]
+
+
+#: How much lower than the training thread capture's own threads run (Linux nice levels).
+THREAD_NICENESS = 10
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per-thread nice), so that when
+    the CPUs are busy the scheduler runs training before capture's writer and copier threads.
+    A no-op where the OS has no per-thread priorities."""
+    try:
+        import os
+        import threading
+
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + THREAD_NICENESS))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
+        pass

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._compat import snapshot
+from ._compat import lower_thread_priority, snapshot
 
 __all__ = ["ParameterCopier", "ParameterCopy"]
 
@@ -159,6 +159,7 @@ class ParameterCopier:
             return job.state != _CANCELLED
 
     def _run(self) -> None:
+        lower_thread_priority()
         while True:
             job = self._queue.get()
             if job is None:

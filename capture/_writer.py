@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _format as F
-from ._compat import fast_stats_many
+from ._compat import fast_stats_many, lower_thread_priority
 from ._config import CaptureConfig
 
 __all__ = ["Payload", "NumpyPayload", "StepItem", "StepRecord", "RunWriter"]
@@ -273,6 +273,7 @@ class RunWriter:
             event.set()
 
     def _run(self) -> None:
+        lower_thread_priority()
         try:
             self._with_retries(self._open_store, what="open the run")
         except Exception as exc:  # the store is unusable: keep draining so training goes on

@@ -575,3 +575,19 @@ def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str) 
         upd = run.stats(f"updates/{name}")
         want = [np.linalg.norm((used[s][name].astype(np.float64) - used[s - 1][name]).ravel()) for s in range(1, 10)]
         np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread priorities are a Linux feature")
+def test_capture_threads_run_below_the_training_thread(local_dir: str) -> None:
+    from trainaudit.capture._compat import THREAD_NICENESS
+
+    torch.manual_seed(0)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(64, (20,), 4)
+    with TorchHook(_run_dir(local_dir)) as hook:
+        train(model, hook, x, y, steps=3)
+        hook.flush()
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        niceness = {t.name.split("-")[1]: os.getpriority(os.PRIO_PROCESS, t.native_id or 0)
+                    for t in threading.enumerate() if t.name.startswith("trainaudit-")}
+    assert niceness == {"writer": min(19, mine + THREAD_NICENESS), "params": min(19, mine + THREAD_NICENESS)}
