@@ -66,13 +66,23 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "MLP 784-512-512-512-10": mlp,
     "CNN conv16-conv32-fc": cnn,
 }
+
+
 def params_every_10() -> CaptureConfig:
     """Defaults, but statistics of weights, biases and updates every 10 steps (gradients, losses
     and activations still every step): the cheapest way to lower the per-step cost."""
     return CaptureConfig(stats={c: SaveSchedule(every=10) for c in ("weights", "biases", "updates")})
 
 
-CONFIGS: dict[str, Callable[[], CaptureConfig]] = {
+def nothing() -> CaptureConfig:
+    """A hook that captures nothing: what PyTorch's hook machinery and an idle writer cost."""
+    return CaptureConfig(collections=())
+
+
+#: ``None``: no hook on either model, an A/A run that shows the measurement's own bias and noise.
+CONFIGS: dict[str, Callable[[], CaptureConfig | None]] = {
+    "no hook (A/A)": lambda: None,
+    "hook, captures nothing": nothing,
     "defaults": CaptureConfig,
     "weight stats every 10": params_every_10,
     "full values every step": CaptureConfig.full,
@@ -123,7 +133,8 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
     xs = [torch.randn(batch, 1, 28, 28) for _ in range(16)]
     ys = [torch.randint(0, 10, (batch,)) for _ in range(16)]
     uri = os.path.join(workdir, f"{model_name}-{config_name}".replace(" ", "_"))
-    hook = TorchHook(uri, config=CONFIGS[config_name]()).register(cap_model, opts[cap_model], losses[cap_model])
+    config = CONFIGS[config_name]()
+    hook = TorchHook(uri, config=config).register(cap_model, opts[cap_model], losses[cap_model]) if config else None
 
     def step(m: nn.Module, i: int) -> float:
         t0 = time.perf_counter()
@@ -137,7 +148,8 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
     for i in range(10):
         step(base_model, i)
         step(cap_model, i)
-    hook.flush()
+    if hook is not None:
+        hook.flush()
     base: list[float] = []
     cap: list[float] = []
     round_ratios: list[float] = []
@@ -150,24 +162,26 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
             times = [step(m, i + k) for k in range(block)]
             (cap if m is cap_model else base).extend(times)
             medians[m is cap_model] = statistics.median(times)
-            if m is cap_model:
+            if m is cap_model and hook is not None:
                 t0 = time.perf_counter()
                 hook.flush()
                 flush_s += time.perf_counter() - t0
         i += block
         round_ratios.append(medians[True] / medians[False])
-    hook.close()
-    run = open_run(uri)
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
-    dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
-    steps = run.committed_steps()
-    shutil.rmtree(uri, ignore_errors=True)
+    size, dropped, steps, tensors = 0, 0, 0, 0
+    if hook is not None:
+        hook.close()
+        run = open_run(uri)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
+        dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
+        steps, tensors = run.committed_steps(), len(run.tensors())
+        shutil.rmtree(uri, ignore_errors=True)
     return Result(
         model=model_name, config=config_name,
         base_median_ms=1e3 * statistics.median(base), cap_median_ms=1e3 * statistics.median(cap),
         base_mean_ms=1e3 * statistics.fmean(base), cap_mean_ms=1e3 * statistics.fmean(cap), round_ratios=round_ratios,
         flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
-        tensors=len(run.tensors()), dropped=dropped,
+        tensors=tensors, dropped=dropped,
     )
 
 
