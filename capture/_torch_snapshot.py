@@ -51,8 +51,11 @@ class CopyPolicy:
     version counters of the originals for ``PROBE_FORWARDS`` forward passes; a counter that
     moved means the name is copied for good, none moving means the name is passed by
     reference from then on. The writer re-checks every reference after reading it, so a
-    tensor that changes later still never gives a wrong reading: that one reading is dropped
-    (and recorded), and the name goes back to copies.
+    tensor that changes later is caught too: that one reading is dropped (and recorded), and the
+    name goes back to copies. One case escapes both checks: a tensor being overwritten in place
+    *during* the writer's read whose version bump (PyTorch bumps it after the in-place kernel)
+    lands after the writer's check; it takes a tensor that starts changing in place only after
+    its name passed the probes, at exactly that moment.
     """
 
     __slots__ = ("copy", "probes_left")
