@@ -67,91 +67,57 @@ static void stats_init(stats_t *s, Py_ssize_t n) {
 CAREFUL(float)
 CAREFUL(double)
 
-/* The fast path of one block of float32: LANES accumulators of each kind. Returns 0 when the
- * block must be redone carefully. */
-VECTOR_CLONES static int block_f32(const float *x, Py_ssize_t n, stats_t *s) {
-    float sm[LANES] = {0}, sq[LANES] = {0}, ab[LANES] = {0};
-    float mn[LANES], mx[LANES];
-    int zc[LANES] = {0};
-    for (int j = 0; j < LANES; j++) { mn[j] = INFINITY; mx[j] = -INFINITY; }
-    Py_ssize_t i = 0;
-    for (; i + LANES <= n; i += LANES) {
-        for (int j = 0; j < LANES; j++) {
-            float v = x[i + j];
-            sm[j] += v;
-            sq[j] += v * v;
-            ab[j] += fabsf(v);
-            zc[j] += (v == 0.0f);
-            mn[j] = v < mn[j] ? v : mn[j];
-            mx[j] = v > mx[j] ? v : mx[j];
-        }
+/* The fast path of one block: NL accumulators of each kind (NL floats fill the vector
+ * registers: 16 float32 or 8 float64), in the element type T, the zero counts in ZT. Returns 0
+ * when the block must be redone carefully. */
+#define BLOCK_STATS(NAME, T, NL, ZT, ABS)                                            \
+    VECTOR_CLONES static int NAME(const T *x, Py_ssize_t n, stats_t *s) {           \
+        T sm[NL] = {0}, sq[NL] = {0}, ab[NL] = {0}, mn[NL], mx[NL];                  \
+        ZT zc[NL] = {0};                                                              \
+        for (int j = 0; j < NL; j++) { mn[j] = INFINITY; mx[j] = -INFINITY; }        \
+        Py_ssize_t i = 0;                                                             \
+        for (; i + NL <= n; i += NL) {                                                \
+            for (int j = 0; j < NL; j++) {                                            \
+                T v = x[i + j];                                                       \
+                sm[j] += v;                                                           \
+                sq[j] += v * v;                                                       \
+                ab[j] += ABS(v);                                                      \
+                zc[j] += (v == 0);                                                    \
+                mn[j] = v < mn[j] ? v : mn[j];                                        \
+                mx[j] = v > mx[j] ? v : mx[j];                                        \
+            }                                                                         \
+        }                                                                             \
+        double dsm = 0, dsq = 0, dab = 0, dmn = INFINITY, dmx = -INFINITY, dz = 0;   \
+        for (int j = 0; j < NL; j++) {                                                \
+            dsm += sm[j]; dsq += sq[j]; dab += ab[j]; dz += (double)zc[j];            \
+            if (mn[j] < dmn) dmn = mn[j];                                             \
+            if (mx[j] > dmx) dmx = mx[j];                                             \
+        }                                                                             \
+        for (; i < n; i++) {                                                          \
+            double v = x[i];                                                          \
+            dsm += v; dsq += v * v; dab += fabs(v); dz += (v == 0.0);                 \
+            if (v < dmn) dmn = v;                                                     \
+            if (v > dmx) dmx = v;                                                     \
+        }                                                                             \
+        /* A NaN or Inf poisons the sums; a square past the type's max makes sq inf. */ \
+        if (!isfinite(dsm) || !isfinite(dsq) || !isfinite(dab)) return 0;           \
+        s->sum += dsm; s->sumsq += dsq; s->l1 += dab; s->zero += dz;                 \
+        if (dmn < s->min) s->min = dmn;                                               \
+        if (dmx > s->max) s->max = dmx;                                               \
+        return 1;                                                                     \
     }
-    double dsm = 0, dsq = 0, dab = 0, dmn = INFINITY, dmx = -INFINITY, dz = 0;
-    for (int j = 0; j < LANES; j++) {
-        dsm += sm[j]; dsq += sq[j]; dab += ab[j]; dz += zc[j];
-        if (mn[j] < dmn) dmn = mn[j];
-        if (mx[j] > dmx) dmx = mx[j];
-    }
-    for (; i < n; i++) {
-        double v = x[i];
-        dsm += v; dsq += v * v; dab += fabs(v); dz += (v == 0.0);
-        if (v < dmn) dmn = v;
-        if (v > dmx) dmx = v;
-    }
-    /* A NaN or Inf poisons the sums; a square past FLT_MAX makes sq infinite. */
-    if (!isfinite(dsm) || !isfinite(dsq) || !isfinite(dab)) return 0;
-    s->sum += dsm; s->sumsq += dsq; s->l1 += dab; s->zero += dz;
-    if (dmn < s->min) s->min = dmn;
-    if (dmx > s->max) s->max = dmx;
-    return 1;
-}
+BLOCK_STATS(block_f32, float, LANES, int, fabsf)
+BLOCK_STATS(block_f64, double, LANES / 2, long, fabs)
 
-static void stats_f32(const float *x, Py_ssize_t n, stats_t *s) {
-    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
-        Py_ssize_t m = n - b < BLOCK ? n - b : BLOCK;
-        if (!block_f32(x + b, m, s)) careful_float(x + b, m, s);
+#define STATS_LOOP(NAME, T, BLOCK_FN, CAREFUL_FN)                                    \
+    static void NAME(const T *x, Py_ssize_t n, stats_t *s) {                         \
+        for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                   \
+            Py_ssize_t m = n - b < BLOCK ? n - b : BLOCK;                             \
+            if (!BLOCK_FN(x + b, m, s)) CAREFUL_FN(x + b, m, s);                      \
+        }                                                                             \
     }
-}
-
-VECTOR_CLONES static int block_f64(const double *x, Py_ssize_t n, stats_t *s) {
-    double sm[LANES / 2] = {0}, sq[LANES / 2] = {0}, ab[LANES / 2] = {0};
-    double mn[LANES / 2], mx[LANES / 2];
-    long zc[LANES / 2] = {0};
-    for (int j = 0; j < LANES / 2; j++) { mn[j] = INFINITY; mx[j] = -INFINITY; }
-    Py_ssize_t i = 0;
-    for (; i + LANES / 2 <= n; i += LANES / 2) {
-        for (int j = 0; j < LANES / 2; j++) {
-            double v = x[i + j];
-            sm[j] += v; sq[j] += v * v; ab[j] += fabs(v); zc[j] += (v == 0.0);
-            mn[j] = v < mn[j] ? v : mn[j];
-            mx[j] = v > mx[j] ? v : mx[j];
-        }
-    }
-    double dsm = 0, dsq = 0, dab = 0, dmn = INFINITY, dmx = -INFINITY, dz = 0;
-    for (int j = 0; j < LANES / 2; j++) {
-        dsm += sm[j]; dsq += sq[j]; dab += ab[j]; dz += (double)zc[j];
-        if (mn[j] < dmn) dmn = mn[j];
-        if (mx[j] > dmx) dmx = mx[j];
-    }
-    for (; i < n; i++) {
-        double v = x[i];
-        dsm += v; dsq += v * v; dab += fabs(v); dz += (v == 0.0);
-        if (v < dmn) dmn = v;
-        if (v > dmx) dmx = v;
-    }
-    if (!isfinite(dsm) || !isfinite(dsq) || !isfinite(dab)) return 0;
-    s->sum += dsm; s->sumsq += dsq; s->l1 += dab; s->zero += dz;
-    if (dmn < s->min) s->min = dmn;
-    if (dmx > s->max) s->max = dmx;
-    return 1;
-}
-
-static void stats_f64(const double *x, Py_ssize_t n, stats_t *s) {
-    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
-        Py_ssize_t m = n - b < BLOCK ? n - b : BLOCK;
-        if (!block_f64(x + b, m, s)) careful_double(x + b, m, s);
-    }
-}
+STATS_LOOP(stats_f32, float, block_f32, careful_float)
+STATS_LOOP(stats_f64, double, block_f64, careful_double)
 
 VECTOR_CLONES static double diff_sumsq_f32(const float *x, const float *y, Py_ssize_t n) {
     double total = 0;
