@@ -41,6 +41,22 @@ _PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
 POOL_SIZE = 4
 
 
+def _free_refcount() -> int | None:
+    """``sys.getrefcount`` of a pooled buffer nobody else holds, measured the way
+    ``_free_buffer`` measures (an object in a list, read through a ``for`` variable), so the
+    check follows the interpreter's own counting (newer CPythons borrow some references).
+    None where reference counts mean nothing (not CPython): buffers are then never reused."""
+    if sys.implementation.name != "cpython":  # pragma: no cover
+        return None
+    pool = [object()]
+    for obj in pool:
+        return sys.getrefcount(obj)
+    return None  # pragma: no cover
+
+
+_FREE_REFCOUNT = _free_refcount()
+
+
 class ParameterCopy(NamedTuple):
     """A parameter's private copy, and what the copy pass measured on the way (when the
     ``_fastats`` extension did it): its statistics and ``sum((W_s - W_{s-1})**2)``."""
@@ -137,10 +153,10 @@ class ParameterCopier:
     def _free_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         pool = self._pools.setdefault(name, [])
         for buf in pool:
-            # Free when only the pool and this loop refer to it (+1 for getrefcount's argument).
-            # Everyone else holds the tensor object itself (the writer's payload, the hook's
-            # previous-weights snapshot); values handed to the writer as numpy are copies.
-            if sys.getrefcount(buf) == 3 and buf.shape == like.shape and buf.dtype == like.dtype:
+            # Free when only the pool and this loop refer to it. Everyone else holds the tensor
+            # object itself (the writer's payload, the hook's previous-weights snapshot, a copy
+            # job); values handed to the writer as numpy are copies, not views.
+            if sys.getrefcount(buf) == _FREE_REFCOUNT and buf.shape == like.shape and buf.dtype == like.dtype:
                 return buf
         buf = torch.empty_like(like, memory_format=torch.contiguous_format)
         if len(pool) < POOL_SIZE:
