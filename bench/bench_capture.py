@@ -3,14 +3,16 @@
 Two identical models train side by side in one process, in ALTERNATING blocks of ``--block``
 steps: one without any hook, one registered with a TorchHook writing a local run. Alternation
 puts both arms under the same machine load (other processes, CPU frequency), so their ratio
-stays meaningful on a busy machine. Each arm's per-step wall times are collected; we report
-medians (the typical step) and means (which include the occasional step that saves full values),
-and the bytes written per step (the run folder's size / committed steps).
+stays meaningful on a busy machine. Each round's two blocks give one ratio (median step with
+capture / median step without); we report the median of those ratios and their middle half,
+the mean ratio (which includes the occasional step that saves full values), and the bytes
+written per step (the run folder's size / committed steps).
 
 Cases: (a) an MLP 784-512-512-512-10 with ReLU, batch 64; (b) a small CNN on 1x28x28
-(conv 1-16, ReLU, pool, conv 16-32, ReLU, pool, linear), batch 64; each with the default
-CaptureConfig and with CaptureConfig.full() (statistics and full values of everything, every
-step). At the end of each captured block the writer is flushed outside the timed region, so
+(conv 1-16, ReLU, pool, conv 16-32, ReLU, pool, linear), batch 64; each with no hook on either
+model (an A/A run: the measurement's own bias and noise), a hook that captures nothing (PyTorch's
+hook machinery and an idle writer), the default CaptureConfig, weight statistics every 10 steps,
+and CaptureConfig.full() (statistics and full values of everything, every step). At the end of each captured block the writer is flushed outside the timed region, so
 its work does not leak into the next uncaptured block; the flush wait is reported separately
 (``flush ms/step``: writer work the training thread did not wait for).
 
