@@ -19,6 +19,7 @@
  *   snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src
  *       into dst on the way (prev may be None): a parameter's copy, statistics and update
  *       norm in one pass over its memory.
+ *   snapshot_many(triples) -> [snapshot(*t) for t in triples], the GIL released once
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -253,57 +254,174 @@ done:
     return result;
 }
 
-static void stats_block(char kind, const char *x, Py_ssize_t m, stats_t *s) {
-    if (kind == 'f') {
-        if (!block_f32((const float *)x, m, s)) careful_float((const float *)x, m, s);
-    } else {
-        if (!block_f64((const double *)x, m, s)) careful_double((const double *)x, m, s);
+/* One block of a snapshot: copy x into out, take the statistics of x and sum((x - p)**2), in
+ * one loop (each element is loaded once, from memory or L1). Without a previous copy p is x
+ * itself: its loads hit the same cache line and the difference is 0. Returns 0 when the
+ * block's statistics must be redone carefully; *dsq is then left for the caller. */
+#define SNAPSHOT_BLOCK(NAME, T, NL, ZT, ABS)                                         \
+    VECTOR_CLONES static int NAME(const T *restrict x, T *restrict out, const T *p,  \
+                                  Py_ssize_t n, stats_t *s, double *dsq) {            \
+        T sm[NL] = {0}, sq[NL] = {0}, ab[NL] = {0}, df[NL] = {0}, mn[NL], mx[NL];    \
+        ZT zc[NL] = {0};                                                              \
+        for (int j = 0; j < NL; j++) { mn[j] = INFINITY; mx[j] = -INFINITY; }        \
+        Py_ssize_t i = 0;                                                             \
+        for (; i + NL <= n; i += NL) {                                                \
+            for (int j = 0; j < NL; j++) {                                            \
+                T v = x[i + j];                                                       \
+                out[i + j] = v;                                                       \
+                T d = v - p[i + j];                                                   \
+                sm[j] += v;                                                           \
+                sq[j] += v * v;                                                       \
+                ab[j] += ABS(v);                                                      \
+                df[j] += d * d;                                                       \
+                zc[j] += (v == 0);                                                    \
+                mn[j] = v < mn[j] ? v : mn[j];                                        \
+                mx[j] = v > mx[j] ? v : mx[j];                                        \
+            }                                                                         \
+        }                                                                             \
+        double dsm = 0, dsq_ = 0, dab = 0, ddf = 0, dmn = INFINITY, dmx = -INFINITY, dz = 0; \
+        for (int j = 0; j < NL; j++) {                                                \
+            dsm += sm[j]; dsq_ += sq[j]; dab += ab[j]; ddf += df[j]; dz += (double)zc[j]; \
+            if (mn[j] < dmn) dmn = mn[j];                                             \
+            if (mx[j] > dmx) dmx = mx[j];                                             \
+        }                                                                             \
+        for (; i < n; i++) {                                                          \
+            double v = x[i], d = v - (double)p[i];                                    \
+            out[i] = x[i];                                                            \
+            dsm += v; dsq_ += v * v; dab += fabs(v); ddf += d * d; dz += (v == 0.0);  \
+            if (v < dmn) dmn = v;                                                     \
+            if (v > dmx) dmx = v;                                                     \
+        }                                                                             \
+        if (!isfinite(dsm) || !isfinite(dsq_) || !isfinite(dab)) return 0;           \
+        s->sum += dsm; s->sumsq += dsq_; s->l1 += dab; s->zero += dz;                \
+        if (dmn < s->min) s->min = dmn;                                               \
+        if (dmx > s->max) s->max = dmx;                                               \
+        if (!isfinite(ddf)) { /* a float32 square overflowed: redo in float64 */     \
+            ddf = 0;                                                                  \
+            for (i = 0; i < n; i++) { double d = (double)x[i] - (double)p[i]; ddf += d * d; } \
+        }                                                                             \
+        *dsq += ddf;                                                                  \
+        return 1;                                                                     \
     }
+SNAPSHOT_BLOCK(snapshot_block_f32, float, LANES, int, fabsf)
+SNAPSHOT_BLOCK(snapshot_block_f64, double, LANES / 2, long, fabs)
+
+/* A block whose statistics were not all finite: statistics and difference in float64. */
+#define SNAPSHOT_CAREFUL(NAME, T, CAREFUL_FN)                                         \
+    static void NAME(const T *x, const T *p, Py_ssize_t n, stats_t *s, double *dsq) { \
+        CAREFUL_FN(x, n, s);                                                          \
+        for (Py_ssize_t i = 0; i < n; i++) { double d = (double)x[i] - (double)p[i]; *dsq += d * d; } \
+    }
+SNAPSHOT_CAREFUL(snapshot_careful_f32, float, careful_float)
+SNAPSHOT_CAREFUL(snapshot_careful_f64, double, careful_double)
+
+#define SNAPSHOT_LOOP(NAME, T, BLOCK_FN, CAREFUL_FN)                                  \
+    static void NAME(const T *x, T *out, const T *p, Py_ssize_t n, stats_t *s, double *dsq) { \
+        for (Py_ssize_t b = 0; b < n; b += BLOCK) {                                   \
+            Py_ssize_t m = n - b < BLOCK ? n - b : BLOCK;                             \
+            if (!BLOCK_FN(x + b, out + b, p + b, m, s, dsq)) CAREFUL_FN(x + b, p + b, m, s, dsq); \
+        }                                                                             \
+    }
+SNAPSHOT_LOOP(snapshot_f32, float, snapshot_block_f32, snapshot_careful_f32)
+SNAPSHOT_LOOP(snapshot_f64, double, snapshot_block_f64, snapshot_careful_f64)
+
+/* One snapshot's buffers, checked: src, a writable dst, and prev (or none) of one format and
+ * size. On failure every view taken is released and a Python error is set. */
+typedef struct {
+    Py_buffer src, dst, prev;
+    char kind;
+    int has_prev;
+    stats_t s;
+    double dsq;
+} snapshot_t;
+
+static int snapshot_open(PyObject *src_obj, PyObject *dst_obj, PyObject *prev_obj, snapshot_t *job) {
+    char kd, kp = 0;
+    job->has_prev = prev_obj != Py_None;
+    if (get_buffer(src_obj, &job->src, &job->kind) < 0) return -1;
+    if (get_buffer(dst_obj, &job->dst, &kd) < 0) { PyBuffer_Release(&job->src); return -1; }
+    if (job->has_prev && get_buffer(prev_obj, &job->prev, &kp) < 0) {
+        PyBuffer_Release(&job->src); PyBuffer_Release(&job->dst); return -1;
+    }
+    if (job->dst.readonly || job->kind != kd || job->src.len != job->dst.len ||
+        (job->has_prev && (kp != job->kind || job->prev.len != job->src.len))) {
+        PyBuffer_Release(&job->src); PyBuffer_Release(&job->dst);
+        if (job->has_prev) PyBuffer_Release(&job->prev);
+        PyErr_SetString(PyExc_ValueError, "snapshot needs src, a writable dst and prev of one format and size");
+        return -1;
+    }
+    return 0;
+}
+
+/* The pass itself; no Python API, so it runs with the GIL released. */
+static void snapshot_run(snapshot_t *job) {
+    Py_ssize_t n = job->src.len / job->src.itemsize;
+    stats_init(&job->s, n);
+    job->dsq = 0;
+    const void *pv = job->has_prev ? job->prev.buf : job->src.buf;
+    if (job->kind == 'f') snapshot_f32((const float *)job->src.buf, (float *)job->dst.buf, (const float *)pv, n, &job->s, &job->dsq);
+    else snapshot_f64((const double *)job->src.buf, (double *)job->dst.buf, (const double *)pv, n, &job->s, &job->dsq);
+}
+
+static PyObject *snapshot_close(snapshot_t *job) {
+    PyBuffer_Release(&job->src);
+    PyBuffer_Release(&job->dst);
+    if (job->has_prev) PyBuffer_Release(&job->prev);
+    stats_t *s = &job->s;
+    if (s->count == s->nan + s->posinf + s->neginf) { s->min = NAN; s->max = NAN; }
+    PyObject *diff = job->has_prev ? PyFloat_FromDouble(job->dsq) : (Py_INCREF(Py_None), Py_None);
+    return Py_BuildValue("(ddddddddddN)", s->count, s->nan, s->posinf, s->neginf, s->zero, s->min, s->max,
+                         s->sum, s->sumsq, s->l1, diff);
 }
 
 static PyObject *py_snapshot(PyObject *self, PyObject *args) {
     PyObject *src_obj, *dst_obj, *prev_obj;
     if (!PyArg_ParseTuple(args, "OOO", &src_obj, &dst_obj, &prev_obj)) return NULL;
-    Py_buffer src, dst, prev;
-    char ks, kd, kp = 0;
-    int has_prev = prev_obj != Py_None;
-    if (get_buffer(src_obj, &src, &ks) < 0) return NULL;
-    if (get_buffer(dst_obj, &dst, &kd) < 0) { PyBuffer_Release(&src); return NULL; }
-    if (has_prev && get_buffer(prev_obj, &prev, &kp) < 0) {
-        PyBuffer_Release(&src); PyBuffer_Release(&dst); return NULL;
-    }
-    if (dst.readonly || ks != kd || src.len != dst.len || (has_prev && (kp != ks || prev.len != src.len))) {
-        PyBuffer_Release(&src); PyBuffer_Release(&dst);
-        if (has_prev) PyBuffer_Release(&prev);
-        PyErr_SetString(PyExc_ValueError, "snapshot needs src, a writable dst and prev of one format and size");
-        return NULL;
-    }
-    Py_ssize_t item = src.itemsize, n = src.len / item;
-    stats_t s;
-    stats_init(&s, n);
-    double dsq = 0;
+    snapshot_t job;
+    if (snapshot_open(src_obj, dst_obj, prev_obj, &job) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    /* Block by block: the copy's block is in L1 when its statistics and its difference to the
-     * previous copy are taken, so src and prev are each read from memory once. */
-    for (Py_ssize_t b = 0; b < n; b += BLOCK) {
-        Py_ssize_t m = n - b < BLOCK ? n - b : BLOCK;
-        char *d = (char *)dst.buf + b * item;
-        memcpy(d, (const char *)src.buf + b * item, (size_t)(m * item));
-        stats_block(ks, d, m, &s);
-        if (has_prev) {
-            const char *pv = (const char *)prev.buf + b * item;
-            dsq += ks == 'f' ? diff_sumsq_f32((const float *)d, (const float *)pv, m)
-                             : diff_sumsq_f64((const double *)d, (const double *)pv, m);
-        }
-    }
+    snapshot_run(&job);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&dst);
-    if (has_prev) PyBuffer_Release(&prev);
-    if (s.count == s.nan + s.posinf + s.neginf) { s.min = NAN; s.max = NAN; }
-    PyObject *diff = has_prev ? PyFloat_FromDouble(dsq) : (Py_INCREF(Py_None), Py_None);
-    return Py_BuildValue("(ddddddddddN)", s.count, s.nan, s.posinf, s.neginf, s.zero, s.min, s.max,
-                         s.sum, s.sumsq, s.l1, diff);
+    return snapshot_close(&job);
+}
+
+/* snapshot() of a whole model's parameters with the GIL released once: the thread that makes
+ * the copies then takes the GIL twice per step, not twice per parameter (each time it takes
+ * it while the training thread runs Python, the training thread waits). */
+static PyObject *py_snapshot_many(PyObject *self, PyObject *seq_obj) {
+    PyObject *seq = PySequence_Fast(seq_obj, "snapshot_many needs a sequence of (src, dst, prev) triples");
+    if (!seq) return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq), got = 0;
+    snapshot_t *jobs = PyMem_Calloc((size_t)(k ? k : 1), sizeof(snapshot_t));
+    PyObject *result = NULL;
+    if (!jobs) { PyErr_NoMemory(); goto done; }
+    for (; got < k; got++) {
+        PyObject *triple = PySequence_Fast_GET_ITEM(seq, got);
+        PyObject *src_obj, *dst_obj, *prev_obj;
+        if (!PyArg_ParseTuple(triple, "OOO", &src_obj, &dst_obj, &prev_obj)) goto done;
+        if (snapshot_open(src_obj, dst_obj, prev_obj, &jobs[got]) < 0) goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < k; i++) snapshot_run(&jobs[i]);
+    Py_END_ALLOW_THREADS
+    /* From here every view is released by snapshot_close, whatever else fails. */
+    got = 0;
+    result = PyList_New(k);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *t = snapshot_close(&jobs[i]);
+        if (!result || !t) { Py_XDECREF(t); continue; }
+        PyList_SET_ITEM(result, i, t);
+    }
+    if (result && PyErr_Occurred()) Py_CLEAR(result);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyBuffer_Release(&jobs[i].src);
+        PyBuffer_Release(&jobs[i].dst);
+        if (jobs[i].has_prev) PyBuffer_Release(&jobs[i].prev);
+    }
+    PyMem_Free(jobs);
+    Py_DECREF(seq);
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -317,6 +435,9 @@ static PyMethodDef methods[] = {
     {"snapshot", py_snapshot, METH_VARARGS,
      "snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src into dst "
      "in the same pass; prev may be None."},
+    {"snapshot_many", py_snapshot_many, METH_O,
+     "snapshot_many(triples) -> [snapshot(src, dst, prev) for src, dst, prev in triples], the GIL "
+     "released once for all of them."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -139,6 +139,10 @@ class TorchHook:
         module_name = {m: n for n, m in model.named_modules()}
         types = set(self.config.module_types)
         self._handles.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
+        # Steps reach the writer thread when a forward pass ends, so its Python work overlaps
+        # backward(), which runs without the GIL (RunWriter.hold_steps).
+        self.recorder.writer.hold_steps()
+        self._handles.append(model.register_forward_hook(self._on_model_forward_end))
         for name, m in model.named_modules():
             self._module_type[name] = type(m).__name__
             if m is model and list(m.children()):
@@ -318,6 +322,12 @@ class TorchHook:
             if isinstance(x, torch.Tensor):
                 coll = "inputs" if x.is_floating_point() else "tokens"
                 self._capture(f"{coll}/model", coll, x, {"module": "", "module_type": type(module).__name__})
+        except Exception as exc:
+            self._error("forward", exc)
+
+    def _on_model_forward_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        try:
+            self.recorder.writer.release()
         except Exception as exc:
             self._error("forward", exc)
 

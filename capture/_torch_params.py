@@ -28,13 +28,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._compat import lower_thread_priority, snapshot
+from ._compat import lower_thread_priority, snapshot_many
 
 __all__ = ["ParameterCopier", "ParameterCopy"]
 
 log = logging.getLogger("trainaudit.capture")
 
 _PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
+
+#: Parameter dtypes the C pass copies and measures; others are copied by torch.
+_FUSED_DTYPES = (torch.float32, torch.float64)
 
 #: Copies kept per parameter for reuse. A step's copy lives until the writer has its statistics
 #: (and the update norm of the next step used it): usually two or three are in use at a time.
@@ -140,15 +143,30 @@ class ParameterCopier:
             self._thread.join(10.0)
             self._thread = None
 
-    def _copy(self, name: str, p: torch.Tensor, prev: torch.Tensor | None) -> ParameterCopy:
-        """``p``'s values in a buffer nobody else holds (a pooled one when one is free)."""
-        src = p.detach()
-        dst = self._free_buffer(name, src)
-        if src.is_contiguous() and (prev is None or (prev.is_contiguous() and prev.shape == src.shape and prev.dtype == src.dtype)):
-            fused = snapshot(src.numpy(), dst.numpy(), None if prev is None else prev.numpy())
-            if fused is not None:
-                return ParameterCopy(dst, fused[0], fused[1])
-        return ParameterCopy(dst.copy_(src))
+    def _copy_all(self, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> dict[str, ParameterCopy]:
+        """Private copies of ``params`` (pooled buffers when free). Float32/float64 contiguous
+        parameters go through one call of the C pass (copy, statistics, update norm, the GIL
+        released once); any other parameter is copied by torch."""
+        copies: dict[str, ParameterCopy] = {}
+        fused: list[tuple[str, torch.Tensor]] = []
+        triples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        for name, p, prev in params:
+            src = p.detach()
+            dst = self._free_buffer(name, src)
+            if src.dtype in _FUSED_DTYPES and src.is_contiguous() and (
+                    prev is None or (prev.is_contiguous() and prev.shape == src.shape and prev.dtype == src.dtype)):
+                fused.append((name, dst))
+                triples.append((src.numpy(), dst.numpy(), None if prev is None else prev.numpy()))
+            else:
+                copies[name] = ParameterCopy(dst.copy_(src))
+        results = snapshot_many(triples) if triples else None
+        if results is None:  # no extension: plain copies, the writer computes the rest
+            for (name, dst), (src, _, _) in zip(fused, triples, strict=True):
+                copies[name] = ParameterCopy(dst.copy_(torch.from_numpy(src)))
+        else:
+            for (name, dst), (stats, update_sumsq) in zip(fused, results, strict=True):
+                copies[name] = ParameterCopy(dst, stats, update_sumsq)
+        return copies
 
     def _free_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         pool = self._pools.setdefault(name, [])
@@ -185,7 +203,7 @@ class ParameterCopier:
                     continue
                 job.state = _RUNNING
             try:
-                job.copies = {name: self._copy(name, p, prev) for name, p, prev in job.params}
+                job.copies = self._copy_all(job.params)
             except Exception as exc:  # capture never crashes training: the pre-hook copies instead
                 log.warning("trainaudit: could not copy parameters off the training thread: %s", exc)
                 job.copies = {}

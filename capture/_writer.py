@@ -43,6 +43,9 @@ STOP_POLL_SECONDS = 2.0
 #: Values waiting for a flush beyond this many bytes start one early: memory stays bounded
 #: however large the model and however long ``flush_seconds``.
 MAX_PENDING_VALUE_BYTES = 64 << 20
+#: Steps a writer in hold mode (:meth:`RunWriter.hold_steps`) keeps before handing the oldest
+#: over anyway: a loop of optimizer steps without forward passes never waits on a release.
+MAX_HELD_STEPS = 2
 
 
 class Payload(Protocol):
@@ -192,6 +195,9 @@ class RunWriter:
         self.storage_options = dict(storage_options or {})
         self._extra_attrs = dict(extra_attrs or {})
         self._queue: queue.Queue[StepRecord | None] = queue.Queue(maxsize=self.config.queue_size)
+        #: Submitted steps not yet handed to the writer thread (see :meth:`hold_steps`).
+        self._held: list[StepRecord] = []
+        self._holding = False
         self._closed = False
         self._close_lock = threading.Lock()
         self.stop_requested = False
@@ -226,11 +232,37 @@ class RunWriter:
         self._thread.start()
 
     # ------------------------------------------------------------------ training-thread API
+    def hold_steps(self) -> None:
+        """From now on, keep submitted steps on the training side until :meth:`release`.
+
+        The writer thread needs the GIL for its Python work on each step (~0.5 ms for a few
+        dozen tensors), and every stretch it holds the GIL is a stretch the training thread,
+        which wants the GIL between every two operations of a forward pass, waits. The
+        PyTorch hook therefore holds each step back and releases it at the end of the next
+        forward pass: the writer then works while ``backward()`` runs in C++ without the GIL.
+        At most :data:`MAX_HELD_STEPS` wait; :meth:`flush` and :meth:`close` release them.
+        """
+        self._holding = True
+
+    def release(self) -> None:
+        """Hand the held steps to the writer thread."""
+        held, self._held = self._held, []
+        for record in held:
+            self._put(record)
+
     def submit(self, record: StepRecord) -> bool:
         """Queue ``record`` for writing. Never raises; returns False when it was dropped
         (writer closed, or the queue stayed full for 0.1 s), which is recorded in the run."""
         if self._closed:
             return False
+        if self._holding:
+            self._held.append(record)
+            if len(self._held) > MAX_HELD_STEPS:  # no forward pass for a while: don't wait
+                return self._put(self._held.pop(0))
+            return True
+        return self._put(record)
+
+    def _put(self, record: StepRecord) -> bool:
         try:
             self._queue.put(record, timeout=0.1)
             return True
@@ -245,6 +277,7 @@ class RunWriter:
         """Block until everything submitted so far is written (or given up)."""
         if self._closed:
             return
+        self.release()
         done = threading.Event()
         self._submit_marker(done)
         done.wait(timeout)
@@ -256,6 +289,7 @@ class RunWriter:
                 return
             self._closed = True
         self._close_reason = reason
+        self.release()
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:  # pragma: no cover

@@ -154,6 +154,37 @@ def test_fast_stats_many_equal_one_by_one(arrays: list[np.ndarray]) -> None:
         assert_stats_equal(g, F.numpy_stats(a), rtol=1e-6)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_long_float_arrays(), max_size=5), st.integers(0, 2**32 - 1))
+def test_snapshot_many_copies_and_measures_like_numpy(arrays: list[np.ndarray], seed: int) -> None:
+    """The parameter copier's pass: each dst becomes a copy of its src, with src's statistics
+    and sum((src - prev)**2) (prev: src moved a little, or none), NaN and Inf included."""
+    rng = np.random.default_rng(seed)
+    with np.errstate(all="ignore"):  # Inf - Inf, finfo.max + a little
+        prevs = [None if i % 3 == 2 else (a + rng.standard_normal(a.size).astype(a.dtype) * a.dtype.type(1e-2)) for i, a in enumerate(arrays)]
+    dsts = [np.full_like(a, 7.0) for a in arrays]
+    got = _compat.snapshot_many(list(zip(arrays, dsts, prevs, strict=True)))
+    assert got is not None and len(got) == len(arrays)
+    for (stats, update), a, dst, prev in zip(got, arrays, dsts, prevs, strict=True):
+        np.testing.assert_array_equal(dst, a)
+        assert_stats_equal(stats, F.numpy_stats(a), rtol=1e-6)
+        if prev is None:
+            assert update is None
+        else:
+            with np.errstate(all="ignore"):
+                want = float(np.sum((a.astype(np.float64) - prev.astype(np.float64)) ** 2))
+            assert np.isclose(update, want, rtol=1e-5, equal_nan=True), (update, want)
+
+
+def test_snapshot_many_refuses_mismatched_buffers_and_releases_them() -> None:
+    a = np.ones(10, dtype=np.float32)
+    for bad in [(a, np.empty(9, dtype=np.float32), None), (a, np.empty(10, dtype=np.float64), None),
+                (a, np.empty(10, dtype=np.float32), np.ones(10, dtype=np.float64))]:
+        with pytest.raises(ValueError, match="one format and size"):
+            _compat.snapshot_many([(a, np.empty_like(a), None), bad])
+    a.resize(20, refcheck=False)  # raises BufferError if a failed call left a view of it open
+
+
 def test_fast_stats_many_refuses_other_dtypes() -> None:
     with pytest.raises(TypeError, match="float32 or float64"):
         _compat.fast_stats_many([np.zeros(3, dtype=np.float32), np.zeros(3, dtype=np.int32)])
