@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -57,6 +57,48 @@ ACTIVATIONS: Mapping[type[nn.Module], str] = {
     nn.GELU: "gelu",
     nn.ELU: "elu",
 }
+
+class _Slot:
+    """What the hooks need about one tensor name, worked out once: the hooks run for every
+    module at every step, and on a CPU step of a few milliseconds each microsecond of Python
+    per tensor shows."""
+
+    __slots__ = ("name", "collection", "meta", "wanted", "policy")
+
+    def __init__(self, name: str, collection: str, meta: Mapping[str, Any] | None, wanted: bool) -> None:
+        self.name = name
+        self.collection = collection
+        self.meta = meta
+        self.wanted = wanted
+        self.policy: CopyPolicy | None = None
+
+
+class _ParamSlots(NamedTuple):
+    """A parameter's three tensors: its gradient, its values (weights or biases) and its update."""
+
+    pname: str
+    param: nn.Parameter
+    grad: _Slot
+    value: _Slot
+    update: _Slot
+
+
+class _ModuleSlots:
+    """A hooked module's output and activation-input slots, made at its first forward pass
+    (which numbers the modules' depth in call order)."""
+
+    __slots__ = ("name", "act", "output", "act_input")
+
+    def __init__(self, name: str, act: str | None) -> None:
+        self.name = name
+        self.act = act
+        self.output: _Slot | None = None
+        self.act_input: _Slot | None = None
+
+
+#: ``_due`` cache entry for a collection not due at this step.
+_NOT_DUE = (False, False)
+
 
 class TorchHook:
     """Capture a PyTorch training run into a trainaudit run.
@@ -117,9 +159,14 @@ class TorchHook:
         self._prev_weights: dict[str, tuple[int, torch.Tensor]] = {}
         self._last_grad: dict[str, torch.Tensor] = {}
         self._grads_reused = False
-        self._wants: dict[tuple[str, str], bool] = {}
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._param_meta_settled = False
+        self._loss_metas: dict[type, dict[str, Any]] = {}
+        self._param_slots: list[_ParamSlots] = []
         self._policies: dict[str, CopyPolicy] = {}
-        self._module_tensors: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+        # (global step, mode) -> {collection: (stats due, values due)}, for the current step only.
+        self._due_step: tuple[int, str] | None = None
+        self._due_cache: dict[str, tuple[bool, bool]] = {}
         # Copied tensors whose originals are watched for in-place changes (see CopyPolicy):
         # those captured before the last forward pass began, and those since.
         self._probes_old: list[tuple[CopyPolicy, torch.Tensor, int]] = []
@@ -138,9 +185,10 @@ class TorchHook:
         self.optimizer = optimizer
         module_name = {m: n for n, m in model.named_modules()}
         types = set(self.config.module_types)
+        collections = set(self.config.collections)
         self._handles.append(model.register_forward_pre_hook(self._on_model_forward, with_kwargs=True))
-        # Steps reach the writer thread when a forward pass ends, so its Python work overlaps
-        # backward(), which runs without the GIL (RunWriter.hold_steps).
+        # Steps reach the writer thread when the next backward pass begins, so its Python work
+        # overlaps backward(), which runs without the GIL (RunWriter.hold_steps).
         self.recorder.writer.hold_steps()
         self._handles.append(model.register_forward_hook(self._on_model_forward_end))
         for name, m in model.named_modules():
@@ -149,13 +197,16 @@ class TorchHook:
                 continue
             if types and type(m).__name__ not in types:
                 continue
+            # Only what the configuration captures is hooked: a hooked module takes PyTorch's
+            # slower call path (tens of microseconds per call on a CPU step).
             act = _activation(m)
-            if act is not None:
-                self._handles.append(m.register_forward_pre_hook(partial(self._on_activation_input, name, act)))
-            if isinstance(m, nn.Embedding):
+            slots = _ModuleSlots(name, act)
+            if act is not None and "activation_inputs" in collections:
+                self._handles.append(m.register_forward_pre_hook(partial(self._on_activation_input, slots)))
+            if isinstance(m, nn.Embedding) and "tokens" in collections:
                 self._handles.append(m.register_forward_pre_hook(partial(self._on_tokens, name)))
-            if not list(m.children()):
-                self._handles.append(m.register_forward_hook(partial(self._on_module_output, name, act)))
+            if not list(m.children()) and "outputs" in collections:
+                self._handles.append(m.register_forward_hook(partial(self._on_module_output, slots)))
         for pname, p in model.named_parameters():
             owner = pname.rsplit(".", 1)[0] if "." in pname else ""
             self._params.append((pname, p, owner))
@@ -165,12 +216,16 @@ class TorchHook:
                 meta["fan_in"] = int(p.shape[1] * math.prod(p.shape[2:]))
                 meta["fan_out"] = int(p.shape[0] * math.prod(p.shape[2:]))
             self._param_meta[pname] = meta
+            coll = "biases" if pname.endswith("bias") else "weights"
+            self._param_slots.append(_ParamSlots(
+                pname, p, self._slot(f"gradients/{pname}", "gradients", meta), self._slot(f"{coll}/{pname}", coll, meta),
+                self._slot(f"updates/{pname}", "updates", {**meta, "update": "W[step] - W[step-1]"})))
             if optimizer is None and p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(partial(self._on_grad, pname)))
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
-        if loss is not None:
+        if loss is not None and collections & {"losses", "labels", "predictions"}:
             self._handles.append(loss.register_forward_hook(self._on_loss))
         del module_name
         return self
@@ -251,50 +306,70 @@ class TorchHook:
         self.close()
 
     # ------------------------------------------------------------------ hooks (training thread)
+    def _slot(self, name: str, collection: str, meta: Mapping[str, Any] | None) -> _Slot:
+        """The slot of tensor ``name`` (made on first use)."""
+        slot = self._slots.get((collection, name))
+        if slot is None:
+            slot = self._slots[(collection, name)] = _Slot(name, collection, meta, self.config.wants(collection, name))
+        return slot
+
+    def _due(self, collection: str) -> tuple[bool, bool]:
+        """``(stats, values)`` due for ``collection`` at the current step (computed once a step)."""
+        rec = self.recorder
+        if self._due_step is None or self._due_step[0] != rec.global_step or self._due_step[1] != rec.mode:
+            self._due_step = (rec.global_step, rec.mode)
+            self._due_cache = {}
+        due = self._due_cache.get(collection)
+        if due is None:
+            stats_due, values_due = self.config.due(collection, rec.mode, rec.mode_step)
+            due = self._due_cache[collection] = (stats_due, values_due) if (stats_due or values_due) else _NOT_DUE
+        return due
+
     def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, how: str | None = None) -> TorchPayload | None:
         """Snapshot ``t`` into the current step if its schedule says so; returns the payload.
 
         ``how`` is a :class:`TorchPayload` hand-over; None lets the name's :class:`CopyPolicy`
         choose between a reference and a copy.
         """
-        if not self._wanted(collection, name):
+        slot = self._slot(name, collection, meta)
+        if meta is not None:
+            slot.meta = meta
+        return self._capture_slot(slot, t, how)
+
+    def _capture_slot(self, slot: _Slot, t: torch.Tensor, how: str | None = None) -> TorchPayload | None:
+        if not slot.wanted:
             return None
-        rec = self.recorder
-        stats_due, values_due = self.config.due(collection, rec.mode, rec.mode_step)
+        stats_due, values_due = self._due(slot.collection)
         if not (stats_due or values_due):
             return None
         policy = None
-        if not t.is_cuda and how != "owned":
-            policy = self._policies.get(name)
+        if how != "owned" and not t.is_cuda:
+            policy = slot.policy
             if policy is None:
-                policy = self._policies[name] = CopyPolicy()
+                policy = slot.policy = self._policies.setdefault(slot.name, CopyPolicy())
             if policy.copy or t.is_inference():  # inference tensors have no version counter
                 how = "copy"
             elif how is None:
-                how = "copy" if policy.probes_left > 0 else "ref"
-                if how == "copy":
+                if policy.probes_left > 0:
+                    how = "copy"
                     self._probes_new.append((policy, t, t._version))
+                else:
+                    how = "ref"
         payload = self._shared_payload(t, values_due, how or "copy", policy)
-        rec.add(name, collection, payload, values=values_due, meta=meta)
+        self.recorder.add(slot.name, slot.collection, payload, values=values_due, meta=slot.meta)
         return payload
-
-    def _wanted(self, collection: str, name: str) -> bool:
-        key = (collection, name)
-        wants = self._wants.get(key)
-        if wants is None:
-            wants = self._wants[key] = self.config.wants(collection, name)
-        return wants
 
     def _shared_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload:
         if how != "ref" or t.is_cuda:
             return TorchPayload(t, values=values, how=how, policy=policy)
         # Only references are shared: a reference keeps its tensor alive, so no other tensor
-        # of this step can have the same memory (a freed copy's could be reused).
-        stamp = (self.recorder.global_step, self.recorder.mode)
+        # object of this step can have its id. One tensor under two names (a layer's output
+        # is the next activation's input) is the same Python object.
+        stamp = self._due_step
         if stamp != self._step_stamp:
             self._step_payloads.clear()
             self._step_stamp = stamp
-        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t._version)
+        key = (id(t), t._version)
         payload = self._step_payloads.get(key)
         if payload is None:
             payload = self._step_payloads[key] = TorchPayload(t, values=values, how=how, policy=policy)
@@ -321,27 +396,45 @@ class TorchHook:
             x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
             if isinstance(x, torch.Tensor):
                 coll = "inputs" if x.is_floating_point() else "tokens"
-                self._capture(f"{coll}/model", coll, x, {"module": "", "module_type": type(module).__name__})
+                slot = self._slots.get((coll, f"{coll}/model")) or self._slot(
+                    f"{coll}/model", coll, {"module": "", "module_type": type(module).__name__})
+                self._capture_slot(slot, x)
         except Exception as exc:
             self._error("forward", exc)
 
     def _on_model_forward_end(self, module: nn.Module, args: Any, output: Any) -> None:
+        """Hand the held steps to the writer when this forward pass's backward begins (see
+        RunWriter.hold_steps): the engine then runs without the GIL, and the writer's Python
+        work does not hold up the loss computation and the rest of the training loop's Python."""
         try:
-            self.recorder.writer.release()
+            writer = self.recorder.writer
+            if not writer.holding_steps:
+                return
+            t = _first_tensor_requiring_grad(output)
+            if t is None:  # no backward will follow (eval, no_grad)
+                writer.release()
+            else:
+                t.register_hook(self._on_backward_start)
         except Exception as exc:
             self._error("forward", exc)
 
-    def _module_tensor(self, collection: str, name: str, act: str | None) -> tuple[str, dict[str, Any]]:
-        """The tensor name and metadata of a module's output or activation input (built once:
-        the hooks run for every module at every step)."""
-        key = (collection, name)
-        cached = self._module_tensors.get(key)
-        if cached is None:
-            meta: dict[str, Any] = {"module": name, "module_type": self._module_type[name], "depth": self._depth_of(name)}
-            if act:
-                meta["activation"] = act
-            cached = self._module_tensors[key] = (f"{collection}/{name}", meta)
-        return cached
+    def _on_backward_start(self, grad: torch.Tensor) -> None:
+        try:
+            self.recorder.writer.release()
+        except Exception as exc:
+            self._error("backward", exc)
+
+    def _module_slot(self, slots: _ModuleSlots, collection: str) -> _Slot:
+        """A module's output or activation-input slot, made at its first forward pass."""
+        meta: dict[str, Any] = {"module": slots.name, "module_type": self._module_type[slots.name], "depth": self._depth_of(slots.name)}
+        if slots.act:
+            meta["activation"] = slots.act
+        slot = self._slot(f"{collection}/{slots.name}", collection, meta)
+        if collection == "outputs":
+            slots.output = slot
+        else:
+            slots.act_input = slot
+        return slot
 
     def _depth_of(self, name: str) -> int:
         d = self._depth.get(name)
@@ -349,22 +442,22 @@ class TorchHook:
             d = self._depth[name] = len(self._depth)
         return d
 
-    def _on_module_output(self, name: str, act: str | None, module: nn.Module, inputs: Any, output: Any) -> None:
+    def _on_module_output(self, slots: _ModuleSlots, module: nn.Module, inputs: Any, output: Any) -> None:
         try:
-            tname, meta = self._module_tensor("outputs", name, act)
-            if isinstance(output, torch.Tensor) and output.is_floating_point():
-                self._capture(tname, "outputs", output, meta)
+            slot = slots.output or self._module_slot(slots, "outputs")
+            if slot.wanted and isinstance(output, torch.Tensor) and output.is_floating_point():
+                self._capture_slot(slot, output)
         except Exception as exc:
-            self._error(f"outputs/{name}", exc)
+            self._error(f"outputs/{slots.name}", exc)
 
-    def _on_activation_input(self, name: str, act: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _on_activation_input(self, slots: _ModuleSlots, module: nn.Module, args: tuple[Any, ...]) -> None:
         # A pre-hook: an in-place activation (ReLU(inplace=True)) has not overwritten it yet.
         try:
-            if args and isinstance(args[0], torch.Tensor):
-                tname, meta = self._module_tensor("activation_inputs", name, act)
-                self._capture(tname, "activation_inputs", args[0], meta)
+            slot = slots.act_input or self._module_slot(slots, "activation_inputs")
+            if slot.wanted and args and isinstance(args[0], torch.Tensor):
+                self._capture_slot(slot, args[0])
         except Exception as exc:
-            self._error(f"activation_inputs/{name}", exc)
+            self._error(f"activation_inputs/{slots.name}", exc)
 
     def _on_tokens(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         try:
@@ -377,7 +470,7 @@ class TorchHook:
     def _on_loss(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         try:
             if isinstance(output, torch.Tensor) and output.numel() == 1:
-                self._capture("losses/loss", "losses", output, {"module_type": type(module).__name__})
+                self._capture("losses/loss", "losses", output, self._loss_meta(module))
             if len(inputs) >= 2 and isinstance(inputs[1], torch.Tensor):
                 target = inputs[1]
                 if not target.is_floating_point():
@@ -387,13 +480,22 @@ class TorchHook:
         except Exception as exc:
             self._error("losses/loss", exc)
 
+    def _loss_meta(self, module: nn.Module) -> dict[str, Any]:
+        meta = self._loss_metas.get(type(module))
+        if meta is None:
+            meta = self._loss_metas[type(module)] = {"module_type": type(module).__name__}
+        return meta
+
     def _record_predictions(self, scores: torch.Tensor) -> None:
+        slot = self._slot("predictions/predictions", "predictions", None)
+        if not slot.wanted or self._due("predictions") is _NOT_DUE:
+            return
         # Class ids, not scores: 8 bytes per sample instead of 4 x num_classes; argmax is one
         # tiny (asynchronous on GPU) kernel.
         preds = scores.detach()
         if preds.is_floating_point() and preds.ndim >= 2:
             preds = preds.argmax(dim=1)
-        self._capture("predictions/predictions", "predictions", preds, None)
+        self._capture_slot(slot, preds)
 
     def _on_grad(self, pname: str, p: torch.Tensor) -> None:
         try:
@@ -405,19 +507,30 @@ class TorchHook:
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
-            if self.recorder.mode != "train":
-                self.recorder.set_mode("train")
-            step = self.recorder.mode_step  # train steps are consecutive even with evals between
+            rec = self.recorder
+            if rec.mode != "train":
+                rec.set_mode("train")
+            if not self._param_meta_settled:
+                self._settle_param_meta()
+            step = rec.mode_step  # train steps are consecutive even with evals between
             copies = self._copier.take(step)
-            for pname, p, _owner in self._params:
-                meta = self._meta(pname)
-                if p.grad is not None:
-                    how = "copy" if self._grad_copy(pname, p.grad) else "ref"
-                    self._capture(f"gradients/{pname}", "gradients", p.grad, meta, how=how)
-                coll = "biases" if pname.endswith("bias") else "weights"
-                self._capture_weight(pname, p, coll, meta, step, copies.get(pname))
+            for ps in self._param_slots:
+                grad = ps.param.grad
+                if grad is not None and ps.grad.wanted:
+                    self._capture_slot(ps.grad, grad, "copy" if self._grad_copy(ps.pname, grad) else "ref")
+                if ps.value.wanted:
+                    self._capture_weight(ps, step, copies.get(ps.pname))
         except Exception as exc:
             self._error("optimizer step", exc)
+
+    def _settle_param_meta(self) -> None:
+        """Give the parameters' metadata their module's depth, once the modules have run."""
+        if not self._depth:
+            return
+        for ps in self._param_slots:
+            meta = self._meta(ps.pname)  # the dict the gradient and value slots share
+            ps.update.meta = {**meta, "update": "W[step] - W[step-1]"}
+        self._param_meta_settled = True
 
     def _grad_copy(self, pname: str, grad: torch.Tensor) -> bool:
         """Whether the gradient must be copied before the writer reads it.
@@ -440,33 +553,31 @@ class TorchHook:
             return True
         return False
 
-    def _capture_weight(self, pname: str, p: torch.Tensor, coll: str, meta: Mapping[str, Any], step: int,
-                        copy: ParameterCopy | None) -> None:
+    def _capture_weight(self, ps: _ParamSlots, step: int, copy: ParameterCopy | None) -> None:
         """Capture a parameter (and its update norm) from the helper thread's ``copy`` when
         there is one, else from a copy made now."""
         if copy is None:
-            payload = self._capture(f"{coll}/{pname}", coll, p, meta, how="copy")
+            payload = self._capture_slot(ps.value, ps.param, "copy")
         else:
-            payload = self._capture(f"{coll}/{pname}", coll, copy.tensor, meta, how="owned")
+            payload = self._capture_slot(ps.value, copy.tensor, "owned")
             if payload is not None and copy.stats is not None:
                 payload.set_stats(copy.stats)
         if payload is None:
             return  # not due at this step
-        wants_updates = self.config.wants("updates", f"updates/{pname}")
+        wants_updates = ps.update.wanted
         # The CPU snapshot is already a private copy; on CUDA keep a device copy to diff against.
-        snapshot = payload.tensor if payload.tensor is not None else (p.detach().clone() if wants_updates else None)
+        snapshot = payload.tensor if payload.tensor is not None else (ps.param.detach().clone() if wants_updates else None)
         if snapshot is None:
             return
-        prev = self._prev_weights.get(pname)
-        self._prev_weights[pname] = (step, snapshot)
+        prev = self._prev_weights.get(ps.pname)
+        self._prev_weights[ps.pname] = (step, snapshot)
         if prev is not None and prev[0] == step - 1 and wants_updates:
-            s_due, v_due = self.config.due("updates", "train", self.recorder.mode_step)
+            s_due, v_due = self._due("updates")
             if s_due or v_due:
                 update: Payload = UpdatePayload(snapshot, prev[1])
                 if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
                     update = ScalarPayload(math.sqrt(copy.update_sumsq))
-                self.recorder.add(f"updates/{pname}", "updates", update, values=v_due,
-                                  meta={**meta, "update": "W[step] - W[step-1]"})
+                self.recorder.add(ps.update.name, "updates", update, values=v_due, meta=ps.update.meta)
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
@@ -477,18 +588,17 @@ class TorchHook:
 
     def _schedule_parameter_copies(self) -> None:
         """Have the weights of the next train step copied while its forward pass runs."""
-        rec = self.recorder
-        step = rec.mode_steps["train"]
+        # After end_step() the recorder stands at the next train step: _due() answers for it.
+        step = self.recorder.mode_step
+        updates_due = self._due("updates") is not _NOT_DUE
         due: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
-        updates_due = any(self.config.due("updates", "train", step))
-        for pname, p, _owner in self._params:
-            if p.is_cuda:
-                continue  # device snapshots are asynchronous already
-            coll = "biases" if pname.endswith("bias") else "weights"
-            if self._wanted(coll, f"{coll}/{pname}") and any(self.config.due(coll, "train", step)):
-                prev = self._prev_weights.get(pname)
-                with_prev = prev is not None and prev[0] == step - 1 and updates_due and self._wanted("updates", f"updates/{pname}")
-                due.append((pname, p, prev[1] if with_prev and prev is not None else None))
+        for ps in self._param_slots:
+            p = ps.param
+            if not ps.value.wanted or p.is_cuda or self._due(ps.value.collection) is _NOT_DUE:
+                continue  # (device snapshots are asynchronous already)
+            prev = self._prev_weights.get(ps.pname)
+            with_prev = prev is not None and prev[0] == step - 1 and updates_due and ps.update.wanted
+            due.append((ps.pname, p, prev[1] if with_prev and prev is not None else None))
         self._copier.schedule(step, due)
 
     def _meta(self, pname: str) -> dict[str, Any]:
@@ -500,6 +610,18 @@ class TorchHook:
 
     def _error(self, where: str, exc: BaseException) -> None:
         self.recorder.writer._record_error("hook", f"{where}: {type(exc).__name__}: {exc}", tensor=where)
+
+
+def _first_tensor_requiring_grad(output: Any) -> torch.Tensor | None:
+    """The first tensor of a forward pass's output (a tensor, or a tuple, list or dict of
+    them) that a backward pass would reach."""
+    if isinstance(output, torch.Tensor):
+        return output if output.requires_grad else None
+    items = output.values() if isinstance(output, Mapping) else output if isinstance(output, (tuple, list)) else ()
+    for v in items:
+        if isinstance(v, torch.Tensor) and v.requires_grad:
+            return v
+    return None
 
 
 def _activation(m: nn.Module) -> str | None:

@@ -150,8 +150,10 @@ class TorchPayload:
     __slots__ = ("tensor", "version", "policy", "private", "host_stats", "host_values", "event", "_stats")
 
     def __init__(self, t: torch.Tensor, *, values: bool, how: str = "copy", policy: CopyPolicy | None = None) -> None:
-        if how != "owned":  # an owned copy is kept as the very object its pool tracks
+        if how == "copy":
             t = t.detach()
+        # A reference is kept as the very object the hook saw (the hook's per-step dedupe keys
+        # on its id), an owned copy as the object its pool tracks; the writer detaches.
         self.event: Any = None
         self.host_stats: torch.Tensor | None = None
         self.host_values: torch.Tensor | None = None
@@ -188,7 +190,7 @@ class TorchPayload:
         t = self.tensor
         if self._stats is not None or t is None or t.dtype not in _FLOATS or not t.is_contiguous():
             return None
-        return t.numpy()
+        return t.detach().numpy()
 
     def set_stats(self, stats: np.ndarray) -> None:
         """Statistics measured already (by the parameter copier's pass): the writer uses them."""
@@ -200,8 +202,8 @@ class TorchPayload:
             assert self.host_stats is not None
             vals = _to_numpy(self.host_values) if (want_values and self.host_values is not None) else None
             return self.host_stats.numpy().copy(), vals
-        t = self.tensor
-        assert t is not None
+        assert self.tensor is not None
+        t = self.tensor.detach()
         if self._stats is None:  # one tensor can sit under two names (a conv's output, a ReLU's input)
             self._stats = torch_stats(t)
         values = _to_numpy(t, copy=not self.private) if want_values else None

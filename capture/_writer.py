@@ -238,11 +238,16 @@ class RunWriter:
         The writer thread needs the GIL for its Python work on each step (~0.5 ms for a few
         dozen tensors), and every stretch it holds the GIL is a stretch the training thread,
         which wants the GIL between every two operations of a forward pass, waits. The
-        PyTorch hook therefore holds each step back and releases it at the end of the next
-        forward pass: the writer then works while ``backward()`` runs in C++ without the GIL.
+        PyTorch hook therefore holds each step back and releases it when the next backward
+        pass begins: the writer then works while autograd runs in C++ without the GIL.
         At most :data:`MAX_HELD_STEPS` wait; :meth:`flush` and :meth:`close` release them.
         """
         self._holding = True
+
+    @property
+    def holding_steps(self) -> bool:
+        """Whether any submitted step waits for :meth:`release`."""
+        return bool(self._held)
 
     def release(self) -> None:
         """Hand the held steps to the writer thread."""

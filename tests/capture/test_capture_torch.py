@@ -512,8 +512,6 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
         out = model(x[s * 16 : s * 16 + 16])
         if s == 5:
             hook.recorder.add("other/blocker", "other", blocker, values=False)  # the writer stalls on step 5
-        if s == 6:  # step 5 went to the writer when this forward pass ended
-            assert blocker.started.wait(10)
         with torch.no_grad():
             buffer.copy_(out)  # the same memory every step, overwritten in place
             if s < 5:
@@ -527,6 +525,8 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
         hook.record("other/buffer", buffer, collection="other")
         seen_buffer.append(buffer.numpy().copy())
         Fn.cross_entropy(out, y[s * 16 : s * 16 + 16]).backward()
+        if s == 6:  # step 5 went to the writer when this backward pass began
+            assert blocker.started.wait(10)
         opt.step()
         if s == 6:
             blocker.release.set()  # step 6 overwrote `late` before the writer read step 5
