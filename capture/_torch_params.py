@@ -161,8 +161,8 @@ class ParameterCopier:
                 copies[name] = ParameterCopy(dst.copy_(src))
         results = snapshot_many(triples) if triples else None
         if results is None:  # no extension: plain copies, the writer computes the rest
-            for (name, dst), (src, _, _) in zip(fused, triples, strict=True):
-                copies[name] = ParameterCopy(dst.copy_(torch.from_numpy(src)))
+            for (name, dst), (src_values, _, _) in zip(fused, triples, strict=True):
+                copies[name] = ParameterCopy(dst.copy_(torch.from_numpy(src_values)))
         else:
             for (name, dst), (stats, update_sumsq) in zip(fused, results, strict=True):
                 copies[name] = ParameterCopy(dst, stats, update_sumsq)

@@ -545,10 +545,50 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
     assert hook._policies["other/late"].copy
 
 
-def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str) -> None:
+def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str) -> None:
+    """The hook holds each step back until the next backward pass begins (the writer's
+    Python work then overlaps autograd, which runs without the GIL), or the end of a forward
+    pass no backward follows; flush() and close() hand over the rest."""
+    torch.manual_seed(2)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = classification_data(64, (20,), 4)
+    uri = _run_dir(local_dir)
+    with TorchHook(uri).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        writer = hook.recorder.writer
+        opt.zero_grad()
+        Fn.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert writer.holding_steps  # step 0 waits for the next backward
+        opt.zero_grad()
+        out = model(x)
+        assert writer.holding_steps
+        Fn.cross_entropy(out, y).backward()
+        assert not writer.holding_steps  # released as backward began
+        opt.step()
+        assert writer.holding_steps
+        with torch.no_grad():
+            model(x)  # no backward can follow: released at the end of the forward pass
+        assert not writer.holding_steps
+        opt.zero_grad()
+        Fn.cross_entropy(model(x), y).backward()
+        opt.step()
+        assert writer.holding_steps
+        hook.flush()
+        assert not writer.holding_steps
+        assert open_run(uri).committed_steps() == 3
+
+
+@pytest.mark.parametrize("extension", [True, False], ids=["C-pass", "no-extension"])
+def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str, extension: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Given time between steps, the helper thread makes the weight copies (with their
-    statistics and update norms); a max-norm constraint applied after ``optimizer.step()``
-    changes weights in the window, and those copies are refused and remade."""
+    statistics and update norms, in one C pass when the extension is built); a max-norm
+    constraint applied after ``optimizer.step()`` changes weights in the window, and those
+    copies are refused and remade."""
+    if not extension:
+        from trainaudit.capture import _compat
+
+        monkeypatch.setattr(_compat, "_fastats", None)
     torch.manual_seed(6)
     model = mlp(nn.ReLU)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -572,6 +612,7 @@ def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str) 
     for name in ("0.weight", "0.bias", "2.weight", "4.bias"):
         coll = "weights" if name.endswith("weight") else "biases"
         _assert_values(run, f"{coll}/{name}", [u[name] for u in used])
+        np.testing.assert_allclose(run.stats(f"{coll}/{name}").field("sumsq"), [float(np.sum(u[name].astype(np.float64) ** 2)) for u in used], rtol=1e-5)
         upd = run.stats(f"updates/{name}")
         want = [np.linalg.norm((used[s][name].astype(np.float64) - used[s - 1][name]).ravel()) for s in range(1, 10)]
         np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-5)
