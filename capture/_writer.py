@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class StepRecord:
     index: dict[str, int] = field(default_factory=dict)
     #: Set by the writer thread as soon as the record arrives: statistics computed, snapshots
     #: released, so steps waiting for the next flush hold numbers, not tensor copies.
-    resolved: list[tuple[StepItem, np.ndarray, np.ndarray | None]] | None = None
+    resolved: ResolvedStep | None = None
 
     def put(self, item: StepItem) -> None:
         """Add ``item``; a tensor recorded twice in one step keeps its last value (gradient
@@ -100,6 +100,25 @@ class StepRecord:
             self.items.append(item)
         else:
             self.items[i] = item
+
+
+class ResolvedStep(NamedTuple):
+    """A step's numbers, waiting for the next flush: the names of its tensors, their statistics
+    (one row each) and the full values that were due, by name.
+
+    Compact on purpose: a thousand pending steps of a few dozen tensors each, kept as one item
+    object per tensor, made CPython's cyclic garbage collector run full collections (hundreds
+    of milliseconds with torch loaded, holding the GIL) every few hundred steps. Names are
+    strings and the statistics one float64 array, which the collector does not track.
+    """
+
+    names: list[str]
+    stats: np.ndarray
+    values: list[tuple[str, np.ndarray]]
+
+    @property
+    def value_bytes(self) -> int:
+        return sum(v.nbytes for _, v in self.values)
 
 
 @dataclass
@@ -215,6 +234,8 @@ class RunWriter:
         self._drop_lock = threading.Lock()
         self._started = datetime.now(UTC).isoformat()
         self._tensors: dict[str, _Tensor] = {}
+        #: The collection and metadata of every tensor name resolved so far (its first step's).
+        self._seen: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
         self._root: Any = None
         self._rank_group: Any = None
         self._steps_arr: Any = None
@@ -336,10 +357,10 @@ class RunWriter:
                 if rec.global_step == -1 and rec.items and isinstance(rec.items[0].payload, _Marker):
                     markers.append(rec.items[0].payload.event)
                 else:
-                    rec.resolved = self._resolve([rec])[0]
+                    rec.resolved = self._resolve(rec)
                     rec.items, rec.index = [], {}
                     pending.append(rec)
-                    pending_bytes += sum(v.nbytes for _, _, v in rec.resolved if v is not None)
+                    pending_bytes += rec.resolved.value_bytes
             due = (
                 closing
                 or markers
@@ -456,7 +477,7 @@ class RunWriter:
                     _add_to_ranges(self.lost_steps, rec.global_step)
                 self._record_error("write", f"steps lost, the store is unreachable: {exc}")
                 return
-        batch = [r.resolved if r.resolved is not None else self._resolve([r])[0] for r in pending]
+        batch = [r.resolved if r.resolved is not None else self._resolve(r) for r in pending]
         status = "complete" if final else "running"
         written = False
         first, last = (pending[0].global_step, pending[-1].global_step) if pending else (None, None)
@@ -485,24 +506,28 @@ class RunWriter:
                 except Exception:
                     log.warning("trainaudit: could not mark run %s complete", self.uri)
 
-    def _resolve(self, pending: list[StepRecord]) -> list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]:
+    def _resolve(self, rec: StepRecord) -> ResolvedStep:
         """Compute every payload's statistics / host values; a bad payload is recorded and
-        skipped, never raised."""
-        out = []
-        for rec in pending:
-            self._batch_stats(rec.items)
-            resolved = []
-            for item in rec.items:
-                try:
-                    if item.payload is not None:
-                        stats, values = item.payload.resolve(item.values)
-                        resolved.append((item, stats, values))
-                except Exception as exc:
-                    self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
-            for item in rec.items:  # release the snapshots now, not at the flush
-                item.payload = None
-            out.append(resolved)
-        return out
+        skipped, never raised. The snapshots are released now, not at the flush."""
+        self._batch_stats(rec.items)
+        names: list[str] = []
+        rows: list[np.ndarray] = []
+        values: list[tuple[str, np.ndarray]] = []
+        for item in rec.items:
+            try:
+                if item.payload is not None:
+                    stats, vals = item.payload.resolve(item.values)
+                    if item.name not in self._seen:
+                        self._seen[item.name] = (item.collection, item.meta)
+                    names.append(item.name)
+                    rows.append(stats)
+                    if vals is not None:
+                        values.append((item.name, vals))
+            except Exception as exc:
+                self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
+            item.payload = None
+        stats_block = np.array(rows, dtype=np.float64).reshape(len(rows), F.N_STATS)
+        return ResolvedStep(names, stats_block, values)
 
     def _batch_stats(self, items: list[StepItem]) -> None:
         """Statistics of every payload of a step that offers a float buffer, in one call to
@@ -531,7 +556,7 @@ class RunWriter:
         for payload, stats in zip(owners, results or [], strict=False):
             payload.set_stats(stats)
 
-    def _write_batch(self, pending: list[StepRecord], batch: list[list[tuple[StepItem, np.ndarray, np.ndarray | None]]]) -> None:
+    def _write_batch(self, pending: list[StepRecord], batch: list[ResolvedStep]) -> None:
         """Write one batch of steps.
 
         The statistics of every tensor go into the rank's one statistics log (two writes per
@@ -544,23 +569,23 @@ class RunWriter:
         if k == 0:
             return
         self._sync_capacities()
-        stat_rows: list[np.ndarray] = []
+        stat_blocks: list[np.ndarray] = []
         stat_index: list[tuple[int, int]] = []
         per_tensor_values: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         counted: dict[str, int] = {}
         for i, resolved in enumerate(batch):
-            for item, stats, values in resolved:
-                t = self._tensor(item)
-                stat_rows.append(stats)
+            stat_blocks.append(resolved.stats)
+            for name in resolved.names:
+                t = self._tensor(name)
                 stat_index.append((t.index, n0 + i))
-                counted[t.name] = counted.get(t.name, 0) + 1
-                if values is not None:
-                    acc = per_tensor_values.setdefault(t.name, ([], []))
-                    acc[0].append(n0 + i)
-                    acc[1].append(values)
+                counted[name] = counted.get(name, 0) + 1
+            for name, values in resolved.values:
+                acc = per_tensor_values.setdefault(name, ([], []))
+                acc[0].append(n0 + i)
+                acc[1].append(values)
         values_in = {name: self._valid_values(self._tensors[name], *acc) for name, acc in per_tensor_values.items()}
         values_in = {name: v for name, v in values_in.items() if v[0]}
-        m = len(stat_rows)
+        m = len(stat_index)
         # Phase 1: create the value arrays of tensors whose values appear for the first time.
         _gather([self._create_values(self._tensors[name], vals) for name, (_, vals) in values_in.items()
                  if self._tensors[name].values is None])
@@ -576,7 +601,7 @@ class RunWriter:
             self._time_arr.setitem(slice(n0, n0 + k), np.array([r.time for r in pending], dtype=np.float64)),
         ]
         if m:
-            writes.append(self._stats_arr.setitem(slice(m0, m0 + m), np.stack(stat_rows)))
+            writes.append(self._stats_arr.setitem(slice(m0, m0 + m), np.concatenate(stat_blocks)))
             writes.append(self._stats_index.setitem(slice(m0, m0 + m), np.array(stat_index, dtype=np.int64)))
         for name, (vrows, vals) in values_in.items():
             writes += self._value_writes(self._tensors[name], vrows, vals)
@@ -600,12 +625,13 @@ class RunWriter:
                 t.values_cap = int(t.values.shape[0])
                 t.shape = [int(d) for d in t.values.shape[1:]]
 
-    def _tensor(self, item: StepItem) -> _Tensor:
-        t = self._tensors.get(item.name)
+    def _tensor(self, name: str) -> _Tensor:
+        t = self._tensors.get(name)
         if t is None:
+            collection, meta = self._seen[name]
             index = max((x.index for x in self._tensors.values()), default=-1) + 1
-            t = _Tensor(index=index, name=item.name, collection=item.collection, meta=dict(item.meta or {}))
-            self._tensors[item.name] = t
+            t = _Tensor(index=index, name=name, collection=collection, meta=dict(meta or {}))
+            self._tensors[name] = t
         return t
 
     def _valid_values(self, t: _Tensor, rows: list[int], values: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:

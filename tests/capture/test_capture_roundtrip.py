@@ -211,3 +211,33 @@ def test_stat_l2_of_a_big_tensor_equals_numpy(memory_uri: str) -> None:
     st = open_run(memory_uri).stats("weights/big")
     assert math.isclose(float(st.field("l2")[0]), float(np.linalg.norm(a.astype(np.float64))), rel_tol=1e-6)
     assert math.isclose(float(st.field("l1")[0]), float(np.abs(a.astype(np.float64)).sum()), rel_tol=1e-6)
+
+
+def test_steps_waiting_for_a_flush_hold_few_objects_the_garbage_collector_tracks(memory_uri: str) -> None:
+    """A resolved step keeps its numbers in a few objects whatever its tensor count: a
+    thousand pending steps of one object per tensor made CPython's cyclic collector run full
+    collections (hundreds of milliseconds, holding the GIL) every few hundred steps."""
+    import gc
+
+    from trainaudit.capture._writer import NumpyPayload, StepItem, StepRecord
+
+    with Recorder(memory_uri) as r:
+        rec = StepRecord(global_step=0, mode="train", mode_step=0, time=0.0)
+        arrays = [np.random.default_rng(i).standard_normal(16) for i in range(40)]
+        for i, a in enumerate(arrays):
+            rec.put(StepItem(f"outputs/m{i}", "outputs", NumpyPayload(a), values=i < 2, meta={"module": f"m{i}"}))
+        resolved = r.writer._resolve(rec)
+        assert resolved.names == [f"outputs/m{i}" for i in range(40)]
+        for i in (0, 5, 39):
+            np.testing.assert_array_equal(resolved.stats[i], F.numpy_stats(arrays[i]))
+        assert resolved.stats.shape == (40, F.N_STATS) and not gc.is_tracked(resolved.stats)
+        assert [name for name, _ in resolved.values] == ["outputs/m0", "outputs/m1"]
+        assert all(item.payload is None for item in rec.items)  # snapshots released
+
+        def tracked(obj: object, seen: set[int]) -> int:
+            if id(obj) in seen or not gc.is_tracked(obj) or isinstance(obj, type):
+                return 0  # (an instance of a class refers to its class: not the step's)
+            seen.add(id(obj))
+            return 1 + sum(tracked(o, seen) for o in gc.get_referents(obj))
+
+        assert tracked(resolved, set()) <= 6  # the tuple, two lists, two (name, values) pairs
