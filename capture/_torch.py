@@ -40,8 +40,7 @@ from . import _format as F
 from ._config import CaptureConfig
 from ._recorder import Recorder
 from ._torch_params import ParameterCopier, ParameterCopy
-from ._torch_snapshot import CopyPolicy, ScalarPayload, TorchPayload, UpdatePayload, torch_stats
-from ._writer import Payload
+from ._torch_snapshot import CopyPolicy, ParameterBatch, TorchPayload, UpdatePayload, torch_stats
 
 __all__ = ["TorchHook", "torch_stats"]
 
@@ -98,6 +97,10 @@ class _ModuleSlots:
 
 #: ``_due`` cache entry for a collection not due at this step.
 _NOT_DUE = (False, False)
+
+#: The step item that carries the optimizer step's parameter tensors (a ParameterBatch); not a
+#: tensor name (names are "<collection>/<name>"), and never stored.
+PARAMETER_BATCH = "\x00parameters"
 
 
 class TorchHook:
@@ -514,14 +517,34 @@ class TorchHook:
                 self._settle_param_meta()
             step = rec.mode_step  # train steps are consecutive even with evals between
             copies = self._copier.take(step)
+            grads_due = self._due("gradients")
+            batch = ParameterBatch()
             for ps in self._param_slots:
                 grad = ps.param.grad
-                if grad is not None and ps.grad.wanted:
-                    self._capture_slot(ps.grad, grad, "copy" if self._grad_copy(ps.pname, grad) else "ref")
+                if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
+                    self._add_gradient(batch, ps, grad, grads_due[1])
                 if ps.value.wanted:
-                    self._capture_weight(ps, step, copies.get(ps.pname))
+                    self._add_weight(batch, ps, step, copies.get(ps.pname))
+            if batch.entries:
+                rec.add(PARAMETER_BATCH, "other", batch, values=False)
         except Exception as exc:
             self._error("optimizer step", exc)
+
+    def _add_gradient(self, batch: ParameterBatch, ps: _ParamSlots, grad: torch.Tensor, values_due: bool) -> None:
+        slot = ps.grad
+        copy = self._grad_copy(ps.pname, grad)  # always asked: it follows the gradients' storage
+        if grad.is_cuda:
+            batch.entries.append((slot.name, "gradients", slot.meta, values_due, "payload",
+                                  TorchPayload(grad, values=values_due, how="copy"), None))
+            return
+        policy = slot.policy
+        if policy is None:
+            policy = slot.policy = self._policies.setdefault(slot.name, CopyPolicy())
+        if copy or policy.copy or grad.is_inference():
+            batch.entries.append((slot.name, "gradients", slot.meta, values_due, "payload",
+                                  TorchPayload(grad, values=values_due, how="copy", policy=policy), None))
+        else:
+            batch.entries.append((slot.name, "gradients", slot.meta, values_due, "ref", grad, grad._version, policy))
 
     def _settle_param_meta(self) -> None:
         """Give the parameters' metadata their module's depth, once the modules have run."""
@@ -553,31 +576,36 @@ class TorchHook:
             return True
         return False
 
-    def _capture_weight(self, ps: _ParamSlots, step: int, copy: ParameterCopy | None) -> None:
-        """Capture a parameter (and its update norm) from the helper thread's ``copy`` when
-        there is one, else from a copy made now."""
+    def _add_weight(self, batch: ParameterBatch, ps: _ParamSlots, step: int, copy: ParameterCopy | None) -> None:
+        """A parameter (and its update norm), from the helper thread's ``copy`` when there is
+        one, else from a copy made now."""
+        slot = ps.value
+        stats_due, values_due = self._due(slot.collection)
+        if not (stats_due or values_due):
+            return
+        snapshot: torch.Tensor | None
         if copy is None:
-            payload = self._capture_slot(ps.value, ps.param, "copy")
+            payload = TorchPayload(ps.param, values=values_due, how="copy")
+            batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
+            # The CPU snapshot is a private copy; on CUDA keep a device copy to diff against.
+            snapshot = payload.tensor if payload.tensor is not None else (ps.param.detach().clone() if ps.update.wanted else None)
         else:
-            payload = self._capture_slot(ps.value, copy.tensor, "owned")
-            if payload is not None and copy.stats is not None:
-                payload.set_stats(copy.stats)
-        if payload is None:
-            return  # not due at this step
-        wants_updates = ps.update.wanted
-        # The CPU snapshot is already a private copy; on CUDA keep a device copy to diff against.
-        snapshot = payload.tensor if payload.tensor is not None else (ps.param.detach().clone() if wants_updates else None)
+            batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "owned", copy, None))
+            snapshot = copy.tensor
         if snapshot is None:
             return
         prev = self._prev_weights.get(ps.pname)
         self._prev_weights[ps.pname] = (step, snapshot)
-        if prev is not None and prev[0] == step - 1 and wants_updates:
-            s_due, v_due = self._due("updates")
-            if s_due or v_due:
-                update: Payload = UpdatePayload(snapshot, prev[1])
-                if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
-                    update = ScalarPayload(math.sqrt(copy.update_sumsq))
-                self.recorder.add(ps.update.name, "updates", update, values=v_due, meta=ps.update.meta)
+        if prev is None or prev[0] != step - 1 or not ps.update.wanted:
+            return
+        update_due = self._due("updates")
+        if update_due is _NOT_DUE:
+            return
+        update = ps.update
+        if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
+            batch.entries.append((update.name, "updates", update.meta, update_due[1], "scalar", math.sqrt(copy.update_sumsq), None))
+        else:
+            batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload", UpdatePayload(snapshot, prev[1]), None))
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:

@@ -509,11 +509,12 @@ class RunWriter:
     def _resolve(self, rec: StepRecord) -> ResolvedStep:
         """Compute every payload's statistics / host values; a bad payload is recorded and
         skipped, never raised. The snapshots are released now, not at the flush."""
-        self._batch_stats(rec.items)
+        items = self._expanded(rec)
+        self._batch_stats(items)
         names: list[str] = []
         rows: list[np.ndarray] = []
         values: list[tuple[str, np.ndarray]] = []
-        for item in rec.items:
+        for item in items:
             try:
                 if item.payload is not None:
                     stats, vals = item.payload.resolve(item.values)
@@ -528,6 +529,22 @@ class RunWriter:
             item.payload = None
         stats_block = np.array(rows, dtype=np.float64).reshape(len(rows), F.N_STATS)
         return ResolvedStep(names, stats_block, values)
+
+    def _expanded(self, rec: StepRecord) -> list[StepItem]:
+        """The step's items, with any item whose payload stands for several tensors (it has an
+        ``expand()``, like the PyTorch hook's parameter batch) replaced by one item each."""
+        items: list[StepItem] = []
+        for item in rec.items:
+            expand = getattr(item.payload, "expand", None)
+            if expand is None:
+                items.append(item)
+                continue
+            try:
+                items.extend(StepItem(name, collection, payload, values, meta) for name, collection, meta, values, payload in expand())
+            except Exception as exc:
+                self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
+            item.payload = None
+        return items
 
     def _batch_stats(self, items: list[StepItem]) -> None:
         """Statistics of every payload of a step that offers a float buffer, in one call to
