@@ -164,6 +164,8 @@ class TorchHook:
         self._grads_reused = False
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._param_meta_settled = False
+        self._loss_hooked = False
+        self._release_at_loss = False  # the forward pass ended; release held steps at the loss
         self._loss_metas: dict[type, dict[str, Any]] = {}
         self._param_slots: list[_ParamSlots] = []
         self._policies: dict[str, CopyPolicy] = {}
@@ -230,6 +232,7 @@ class TorchHook:
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
         if loss is not None and collections & {"losses", "labels", "predictions"}:
             self._handles.append(loss.register_forward_hook(self._on_loss))
+            self._loss_hooked = True
         del module_name
         return self
 
@@ -408,20 +411,26 @@ class TorchHook:
     def _on_model_forward_end(self, module: nn.Module, args: Any, output: Any) -> None:
         """Hand the held steps to the writer when this forward pass's backward begins (see
         RunWriter.hold_steps): the engine then runs without the GIL, and the writer's Python
-        work does not hold up the loss computation and the rest of the training loop's Python."""
+        work does not hold up the loss computation and the rest of the training loop's Python.
+        With a loss module registered, its forward hook (right before ``backward()``) does it;
+        else a hook on the output tensor, which autograd calls as the backward pass starts."""
         try:
             writer = self.recorder.writer
+            if self._release_at_loss:  # the registered loss module did not run after the last
+                self._loss_hooked = self._release_at_loss = False  # forward pass: don't wait on it
             if not writer.holding_steps:
                 return
             t = _first_tensor_requiring_grad(output)
             if t is None:  # no backward will follow (eval, no_grad)
                 writer.release()
+            elif self._loss_hooked:
+                self._release_at_loss = True  # the loss comes right before backward(): cheaper
             else:
                 t.register_hook(self._on_backward_start)
         except Exception as exc:
             self._error("forward", exc)
 
-    def _on_backward_start(self, grad: torch.Tensor) -> None:
+    def _on_backward_start(self, grad: torch.Tensor | None) -> None:
         try:
             self.recorder.writer.release()
         except Exception as exc:
@@ -482,6 +491,9 @@ class TorchHook:
                         self._record_predictions(inputs[0])
         except Exception as exc:
             self._error("losses/loss", exc)
+        if self._release_at_loss:
+            self._release_at_loss = False
+            self._on_backward_start(None)
 
     def _loss_meta(self, module: nn.Module) -> dict[str, Any]:
         meta = self._loss_metas.get(type(module))

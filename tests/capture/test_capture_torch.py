@@ -545,25 +545,34 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
     assert hook._policies["other/late"].copy
 
 
-def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str) -> None:
+@pytest.mark.parametrize("loss_module", [True, False], ids=["loss-module", "functional-loss"])
+def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, loss_module: bool) -> None:
     """The hook holds each step back until the next backward pass begins (the writer's
-    Python work then overlaps autograd, which runs without the GIL), or the end of a forward
-    pass no backward follows; flush() and close() hand over the rest."""
+    Python work then overlaps autograd, which runs without the GIL): at the registered loss
+    module's call, else when autograd reaches the model's output; or at the end of a forward
+    pass no backward follows. flush() and close() hand over the rest."""
     torch.manual_seed(2)
     model = mlp(nn.ReLU)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loss_fn = nn.CrossEntropyLoss()
     x, y = classification_data(64, (20,), 4)
     uri = _run_dir(local_dir)
-    with TorchHook(uri).register(model, opt, nn.CrossEntropyLoss()) as hook:
+    with TorchHook(uri).register(model, opt, loss_fn if loss_module else None) as hook:
         writer = hook.recorder.writer
+
+        def loss_of(out: torch.Tensor) -> torch.Tensor:
+            return loss_fn(out, y) if loss_module else Fn.cross_entropy(out, y)
+
         opt.zero_grad()
-        Fn.cross_entropy(model(x), y).backward()
+        loss_of(model(x)).backward()
         opt.step()
         assert writer.holding_steps  # step 0 waits for the next backward
         opt.zero_grad()
         out = model(x)
         assert writer.holding_steps
-        Fn.cross_entropy(out, y).backward()
+        loss = loss_of(out)
+        assert writer.holding_steps == (not loss_module)  # with a loss module: released at its call
+        loss.backward()
         assert not writer.holding_steps  # released as backward began
         opt.step()
         assert writer.holding_steps
@@ -571,12 +580,32 @@ def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str) ->
             model(x)  # no backward can follow: released at the end of the forward pass
         assert not writer.holding_steps
         opt.zero_grad()
-        Fn.cross_entropy(model(x), y).backward()
+        loss_of(model(x)).backward()
         opt.step()
         assert writer.holding_steps
         hook.flush()
         assert not writer.holding_steps
         assert open_run(uri).committed_steps() == 3
+
+
+def test_a_registered_loss_module_that_is_not_called_does_not_hold_steps_back(local_dir: str) -> None:
+    """A loss module registered but never called (the loop uses a functional loss): after one
+    step the hook stops waiting for it and releases steps as backward begins."""
+    torch.manual_seed(2)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = classification_data(64, (20,), 4)
+    with TorchHook(_run_dir(local_dir)).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = Fn.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        opt.zero_grad()
+        loss = Fn.cross_entropy(model(x), y)
+        assert hook.recorder.writer.holding_steps
+        loss.backward()
+        assert not hook.recorder.writer.holding_steps
 
 
 @pytest.mark.parametrize("extension", [True, False], ids=["C-pass", "no-extension"])
