@@ -71,12 +71,13 @@ def snapshot(src: np.ndarray, dst: np.ndarray, prev: np.ndarray | None) -> tuple
     return np.array(out[:-1], dtype=np.float64), out[-1]
 
 
-def snapshot_many(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[tuple[np.ndarray, float | None]] | None:
+def snapshot_many(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]) -> list[tuple[tuple[float, ...], float | None]] | None:
     """:func:`snapshot` of many ``(src, dst, prev)`` triples of contiguous float32/float64
-    arrays, the GIL released once for all of them; None without the extension."""
+    arrays, the GIL released once for all of them; None without the extension. The statistics
+    come as tuples of floats in :data:`STAT_FIELDS` order (the writer stacks them)."""
     if _fastats is None:
         return None
-    return [(np.array(out[:-1], dtype=np.float64), out[-1]) for out in _fastats.snapshot_many(triples)]
+    return [(out[:-1], out[-1]) for out in _fastats.snapshot_many(triples)]
 
 
 def fast_stats_many(arrays: list[np.ndarray]) -> list[np.ndarray] | None:

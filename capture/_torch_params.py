@@ -46,13 +46,15 @@ POOL_SIZE = 4
 
 def _free_refcount() -> int | None:
     """``sys.getrefcount`` of a pooled buffer nobody else holds, measured the way
-    ``_free_buffer`` measures (an object in a list, read through a ``for`` variable), so the
+    ``_free_buffer`` measures (the first item of a tuple in a list, read through a ``for``
+    variable), so the
     check follows the interpreter's own counting (newer CPythons borrow some references).
     None where reference counts mean nothing (not CPython): buffers are then never reused."""
     if sys.implementation.name != "cpython":  # pragma: no cover
         return None
-    pool = [object()]
-    for obj in pool:
+    pool = [(object(), None)]
+    for entry in pool:
+        obj = entry[0]
         return sys.getrefcount(obj)
     return None  # pragma: no cover
 
@@ -65,7 +67,7 @@ class ParameterCopy(NamedTuple):
     ``_fastats`` extension did it): its statistics and ``sum((W_s - W_{s-1})**2)``."""
 
     tensor: torch.Tensor
-    stats: np.ndarray | None = None
+    stats: tuple[float, ...] | None = None
     update_sumsq: float | None = None
 
 
@@ -100,9 +102,15 @@ class ParameterCopier:
         self._thread: threading.Thread | None = None
         self.taken = 0  # copies handed out whole (for tests and benchmarks)
         self.missed = 0  # copies the training thread had to make after all
-        # Reused copies: a fresh allocation of a large tensor costs a page fault per 4 KiB on
-        # first touch, 3-4x the copy itself.
-        self._pools: dict[str, list[torch.Tensor]] = {}
+        # Reused copies, each with a numpy view of it: a fresh allocation of a large tensor
+        # costs a page fault per 4 KiB on first touch, 3-4x the copy itself.
+        self._pools: dict[str, list[tuple[torch.Tensor, np.ndarray]]] = {}
+        # Each parameter's numpy view, with the storage address and shape it was made for.
+        # This thread holds the GIL for its Python work right after optimizer.step(), while
+        # the training thread runs the next forward pass: making a view costs microseconds that
+        # training waits for, so views are made once, not every step. A view keeps its storage
+        # alive, so a parameter given new storage (``p.data = ...``) shows a new address.
+        self._views: dict[str, tuple[int, torch.Size, torch.dtype, np.ndarray]] = {}
 
     def schedule(self, step: int, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
         """Start copying ``params`` (CPU tensors) for train step ``step``; a previous copy
@@ -151,35 +159,60 @@ class ParameterCopier:
         fused: list[tuple[str, torch.Tensor]] = []
         triples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
         for name, p, prev in params:
-            src = p.detach()
-            dst = self._free_buffer(name, src)
-            if src.dtype in _FUSED_DTYPES and src.is_contiguous() and (
-                    prev is None or (prev.is_contiguous() and prev.shape == src.shape and prev.dtype == src.dtype)):
-                fused.append((name, dst))
-                triples.append((src.numpy(), dst.numpy(), None if prev is None else prev.numpy()))
-            else:
-                copies[name] = ParameterCopy(dst.copy_(src))
+            src = self._view(name, p)
+            if src is None:
+                copies[name] = ParameterCopy(self._free_buffer(name, p)[0].copy_(p.detach()))
+                continue
+            dst, dst_view = self._free_buffer(name, p)
+            prev_view = None if prev is None else self._pooled_view(name, prev)
+            if prev is not None and prev_view is None:  # not one of ours: no update norm
+                copies[name] = ParameterCopy(dst.copy_(p.detach()))
+                continue
+            fused.append((name, dst))
+            triples.append((src, dst_view, prev_view))
         results = snapshot_many(triples) if triples else None
         if results is None:  # no extension: plain copies, the writer computes the rest
-            for (name, dst), (src_values, _, _) in zip(fused, triples, strict=True):
-                copies[name] = ParameterCopy(dst.copy_(torch.from_numpy(src_values)))
+            for (name, dst), (src, dst_view, _) in zip(fused, triples, strict=True):
+                np.copyto(dst_view, src)
+                copies[name] = ParameterCopy(dst)
         else:
             for (name, dst), (stats, update_sumsq) in zip(fused, results, strict=True):
                 copies[name] = ParameterCopy(dst, stats, update_sumsq)
         return copies
 
-    def _free_buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
+    def _view(self, name: str, p: torch.Tensor) -> np.ndarray | None:
+        """``p``'s values as a numpy array sharing its memory, when the C pass can read it."""
+        ptr = p.data_ptr()
+        cached = self._views.get(name)
+        if cached is not None and cached[0] == ptr and cached[1] == p.shape and cached[2] == p.dtype:
+            return cached[3]
+        if p.dtype not in _FUSED_DTYPES or not p.is_contiguous() or p.is_cuda:
+            return None
+        view = p.detach().numpy()
+        self._views[name] = (ptr, p.shape, p.dtype, view)
+        return view
+
+    def _pooled_view(self, name: str, t: torch.Tensor) -> np.ndarray | None:
+        for buf, view in self._pools.get(name, ()):
+            if buf is t:
+                return view
+        return None
+
+    def _free_buffer(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         pool = self._pools.setdefault(name, [])
-        for buf in pool:
+        for entry in pool:
             # Free when only the pool and this loop refer to it. Everyone else holds the tensor
             # object itself (the writer's payload, the hook's previous-weights snapshot, a copy
-            # job); values handed to the writer as numpy are copies, not views.
+            # job); values handed to the writer as numpy are copies, not views, and the pool's
+            # own view refers to the tensor's storage, not to the tensor object.
+            buf = entry[0]
             if sys.getrefcount(buf) == _FREE_REFCOUNT and buf.shape == like.shape and buf.dtype == like.dtype:
-                return buf
+                return entry
         buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+        entry = (buf, buf.numpy() if buf.dtype in _FUSED_DTYPES else np.empty(0))
         if len(pool) < POOL_SIZE:
-            pool.append(buf)
-        return buf
+            pool.append(entry)
+        return entry
 
     @staticmethod
     def _cancel(job: _CopyJob | None) -> bool:

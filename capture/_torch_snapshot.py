@@ -20,6 +20,7 @@ copied to pinned host memory asynchronously, stream-ordered with the training's 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -193,9 +194,9 @@ class TorchPayload:
             return None
         return t.detach().numpy()
 
-    def set_stats(self, stats: np.ndarray) -> None:
+    def set_stats(self, stats: Sequence[float] | np.ndarray) -> None:
         """Statistics measured already (by the parameter copier's pass): the writer uses them."""
-        self._stats = stats
+        self._stats = np.asarray(stats, dtype=np.float64)
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.event is not None:
