@@ -40,7 +40,14 @@ from . import _format as F
 from ._config import CaptureConfig
 from ._recorder import Recorder
 from ._torch_params import ParameterCopier, ParameterCopy
-from ._torch_snapshot import CopyPolicy, ParameterBatch, TorchPayload, UpdatePayload, torch_stats
+from ._torch_snapshot import (
+    ArgmaxPayload,
+    CopyPolicy,
+    ParameterBatch,
+    TorchPayload,
+    UpdatePayload,
+    torch_stats,
+)
 
 __all__ = ["TorchHook", "torch_stats"]
 
@@ -342,7 +349,8 @@ class TorchHook:
             slot.meta = meta
         return self._capture_slot(slot, t, how)
 
-    def _capture_slot(self, slot: _Slot, t: torch.Tensor, how: str | None = None) -> TorchPayload | None:
+    def _capture_slot(self, slot: _Slot, t: torch.Tensor, how: str | None = None,
+                      payload_type: type[TorchPayload] = TorchPayload) -> TorchPayload | None:
         if not slot.wanted:
             return None
         stats_due, values_due = self._due(slot.collection)
@@ -361,7 +369,10 @@ class TorchHook:
                     self._probes_new.append((policy, t, t._version))
                 else:
                     how = "ref"
-        payload = self._shared_payload(t, values_due, how or "copy", policy)
+        if payload_type is TorchPayload:
+            payload = self._shared_payload(t, values_due, how or "copy", policy)
+        else:  # a payload that transforms the tensor is its own, never shared
+            payload = payload_type(t, values=values_due, how=how or "copy", policy=policy)
         self.recorder.add(slot.name, slot.collection, payload, values=values_due, meta=slot.meta)
         return payload
 
@@ -505,12 +516,15 @@ class TorchHook:
         slot = self._slot("predictions/predictions", "predictions", None)
         if not slot.wanted or self._due("predictions") is _NOT_DUE:
             return
-        # Class ids, not scores: 8 bytes per sample instead of 4 x num_classes; argmax is one
-        # tiny (asynchronous on GPU) kernel.
-        preds = scores.detach()
-        if preds.is_floating_point() and preds.ndim >= 2:
-            preds = preds.argmax(dim=1)
-        self._capture_slot(slot, preds)
+        # Class ids, not scores: 8 bytes per sample instead of 4 x num_classes. On CPU the
+        # writer takes the argmax; on GPU it is one tiny asynchronous kernel.
+        if scores.is_floating_point() and scores.ndim >= 2:
+            if scores.is_cuda:
+                self._capture_slot(slot, scores.detach().argmax(dim=1))
+            else:
+                self._capture_slot(slot, scores, payload_type=ArgmaxPayload)
+        else:
+            self._capture_slot(slot, scores)
 
     def _on_grad(self, pname: str, p: torch.Tensor) -> None:
         try:

@@ -29,7 +29,7 @@ import torch
 from . import _format as F
 from ._compat import abs_sum_f32, diff_sumsq, fast_stats
 
-__all__ = ["torch_stats", "scalar_stats", "TorchPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
+__all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
            "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
 
 _FLOATS = (torch.float32, torch.float64)
@@ -214,6 +214,25 @@ class TorchPayload:
                 self.policy.copy = True
             raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
         return self._stats, values
+
+
+class ArgmaxPayload(TorchPayload):
+    """Class ids (argmax over dimension 1) of a CPU tensor of scores, taken on the writer
+    thread: the predictions collection costs the training thread no operation of its own."""
+
+    __slots__ = ()
+
+    def stats_buffer(self) -> np.ndarray | None:
+        return None  # the statistics are those of the class ids, computed in resolve()
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self.tensor is not None
+        preds = self.tensor.detach().argmax(dim=1)
+        if self.version is not None and self.tensor._version != self.version:
+            if self.policy is not None:
+                self.policy.copy = True
+            raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
+        return torch_stats(preds), (preds.numpy() if want_values else None)
 
 
 class ScalarPayload:
