@@ -164,7 +164,6 @@ class TorchHook:
         self._handles: list[Any] = []
         self._depth: dict[str, int] = {}
         self._module_type: dict[str, str] = {}
-        self._params: list[tuple[str, nn.Parameter, str]] = []  # (name, param, module name)
         self._param_meta: dict[str, dict[str, Any]] = {}
         self._prev_weights: dict[str, tuple[int, torch.Tensor]] = {}
         self._last_grad: dict[str, torch.Tensor] = {}
@@ -221,7 +220,6 @@ class TorchHook:
                 self._handles.append(m.register_forward_hook(partial(self._on_module_output, slots)))
         for pname, p in model.named_parameters():
             owner = pname.rsplit(".", 1)[0] if "." in pname else ""
-            self._params.append((pname, p, owner))
             mod = model.get_submodule(owner) if owner else model
             meta: dict[str, Any] = {"module": owner, "module_type": type(mod).__name__, "param": pname.rsplit(".", 1)[-1]}
             if p.ndim >= 2:

@@ -165,7 +165,9 @@ class ParameterCopier:
                 continue
             dst, dst_view = self._free_buffer(name, p)
             prev_view = None if prev is None else self._pooled_view(name, prev)
-            if prev is not None and prev_view is None:  # not one of ours: no update norm
+            if prev is not None and prev_view is None:
+                # The previous copy is not a pooled one (the training thread made it, or the
+                # pool was full): copy only; the writer takes the update norm from the two.
                 copies[name] = ParameterCopy(dst.copy_(p.detach()))
                 continue
             fused.append((name, dst))
