@@ -1,0 +1,83 @@
+"""The training thread's CPU time inside each TorchHook hook, per step of the benchmark's MLP
+at the default capture configuration.
+
+Wraps the hook methods with ``time.thread_time`` (CPU of the calling thread only: waiting for
+the GIL does not count), trains 200 warm-up steps, then measures ``--steps`` steps. This is
+the probe behind the hooks' milliseconds quoted in docs/BENCHMARKS.md and docs/CAPTURE.md.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/probe_hooks.py [--steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from bench_capture import mlp  # noqa: E402  (bench/ is on sys.path: run as a script)
+from torch import nn  # noqa: E402
+
+from trainaudit.capture import TorchHook, _torch  # noqa: E402
+
+#: The hooks PyTorch calls (the release of held steps runs inside ``_on_loss`` here, since the
+#: loss module is registered, so it is not timed on its own: it would count twice).
+HOOKS = ("_on_model_forward", "_on_module_output", "_on_activation_input", "_on_model_forward_end",
+         "_on_loss", "_on_optimizer_pre", "_on_optimizer_post")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=600)
+    args = parser.parse_args()
+    cpu_ns: collections.Counter[str] = collections.Counter()
+
+    def timed(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t0 = time.thread_time_ns()
+            try:
+                return f(*a, **k)
+            finally:
+                cpu_ns[name] += time.thread_time_ns() - t0
+        return wrapper
+
+    for name in HOOKS:
+        setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with tempfile.TemporaryDirectory() as tmp, TorchHook(os.path.join(tmp, "run")).register(model, opt, loss_fn) as hook:
+        for _ in range(200):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        hook.flush()
+        cpu_ns.clear()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for _ in range(args.steps):
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+    n = args.steps
+    print(f"step: {1e3 * wall / n:.2f} ms wall, {1e3 * cpu / n:.2f} ms CPU of the training thread")
+    for name, ns in cpu_ns.most_common():
+        print(f"  {name:24s} {ns / n / 1e3:7.1f} us CPU per step")
+    print(f"  {'all hooks':24s} {sum(cpu_ns.values()) / n / 1e3:7.1f} us CPU per step")
+
+
+if __name__ == "__main__":
+    main()
