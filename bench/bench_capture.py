@@ -56,6 +56,31 @@ def mlp() -> nn.Module:
     )
 
 
+@dataclass
+class MLPTraining:
+    """The MLP case as the probes train it: SGD with momentum, cross-entropy, one fixed batch of
+    64 (bench/probe_gil.py, bench/probe_hooks.py)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def make(cls, seed: int = 0) -> MLPTraining:
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        model = mlp()
+        return cls(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), nn.CrossEntropyLoss(),
+                   torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+
+    def step(self) -> None:
+        self.optimizer.zero_grad()
+        self.loss_fn(self.model(self.x), self.y).backward()
+        self.optimizer.step()
+
+
 def cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

@@ -23,9 +23,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from bench_capture import mlp  # noqa: E402  (bench/ is on sys.path: run as a script)
-from torch import nn  # noqa: E402
+from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from trainaudit.capture import _fastats  # type: ignore[attr-defined]  # noqa: E402
 
@@ -36,18 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-
-    def step() -> None:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-
+    step = MLPTraining.make().step
     small = np.random.default_rng(0).standard_normal(65536).astype(np.float32)
     big = np.random.default_rng(1).standard_normal(16 << 20).astype(np.float32)
     mode = ["idle"]

@@ -23,9 +23,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
-from bench_capture import mlp  # noqa: E402  (bench/ is on sys.path: run as a script)
-from torch import nn  # noqa: E402
+from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from trainaudit.capture import TorchHook, _torch  # noqa: E402
 
@@ -53,25 +51,18 @@ def main() -> None:
 
     for name in HOOKS:
         setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    with tempfile.TemporaryDirectory() as tmp, TorchHook(os.path.join(tmp, "run")).register(model, opt, loss_fn) as hook:
+    training = MLPTraining.make()
+    with tempfile.TemporaryDirectory() as tmp:
+        hook = TorchHook(os.path.join(tmp, "run")).register(training.model, training.optimizer, training.loss_fn)
         for _ in range(200):
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
+            training.step()
         hook.flush()
         cpu_ns.clear()
         t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(args.steps):
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
+            training.step()
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        hook.close()
     n = args.steps
     print(f"step: {1e3 * wall / n:.2f} ms wall, {1e3 * cpu / n:.2f} ms CPU of the training thread")
     for name, ns in cpu_ns.most_common():
