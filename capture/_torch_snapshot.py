@@ -107,26 +107,46 @@ def torch_stats(t: torch.Tensor) -> np.ndarray:
 
 
 def _device_stats(t: torch.Tensor) -> torch.Tensor:
-    """The statistics of a CUDA tensor as a float64 device tensor, launched asynchronously."""
-    f = t.float() if t.dtype not in _FLOATS else t
-    flat = f.reshape(-1)
-    finite = torch.isfinite(flat)
-    zero = torch.zeros((), dtype=flat.dtype, device=flat.device)
-    fin = torch.where(finite, flat, zero)
-    inf = torch.tensor(math.inf, dtype=flat.dtype, device=flat.device)
+    """The statistics of a CUDA tensor as a float64 device tensor, launched asynchronously.
+
+    Only kernels: no host-to-device copy (``torch.tensor(x, device=...)`` copies from pageable
+    memory and waits for it), no ``.item()``. With no finite value min and max come back as
+    +Inf/-Inf; :func:`_finish_device_stats` turns them into NaN as ``numpy_stats`` has them.
+    """
+    if t.dtype in _FLOATS:
+        x = t
+    elif t.is_floating_point():
+        x = t.float()  # float16 / bfloat16: exact in float32
+    else:
+        x = t.double()  # class ids, token ids, masks: exact up to 2**53
+    x = x.reshape(-1)
+    f64 = torch.float64
+    count = torch.full((), float(x.numel()), dtype=f64, device=x.device)
+    if x.numel() == 0:
+        return torch.cat([count.reshape(1), torch.zeros(F.N_STATS - 1, dtype=f64, device=x.device)])
+    finite = torch.isfinite(x)
+    fin = torch.where(finite, x, 0.0).to(f64)
     parts = [
-        torch.tensor(float(flat.numel()), device=flat.device, dtype=torch.float64),
-        torch.isnan(flat).sum(),
-        (flat == math.inf).sum(),
-        (flat == -math.inf).sum(),
-        (flat == 0).sum(),
-        torch.where(finite, flat, inf).min() if flat.numel() else inf,
-        torch.where(finite, flat, -inf).max() if flat.numel() else -inf,
-        fin.sum(dtype=torch.float64),
-        (fin.double() * fin.double()).sum(),
-        fin.abs().sum(dtype=torch.float64),
+        count,
+        torch.isnan(x).sum(dtype=f64),
+        (x == math.inf).sum(dtype=f64),
+        (x == -math.inf).sum(dtype=f64),
+        (x == 0).sum(dtype=f64),
+        torch.where(finite, x, math.inf).amin().to(f64),
+        torch.where(finite, x, -math.inf).amax().to(f64),
+        fin.sum(),
+        (fin * fin).sum(),
+        torch.linalg.vector_norm(fin, 1),
     ]
-    return torch.stack([p.to(torch.float64) for p in parts])
+    return torch.stack(parts)
+
+
+def _finish_device_stats(stats: np.ndarray) -> np.ndarray:
+    """Host-side touch to :func:`_device_stats`: NaN min/max when no value was finite."""
+    finite = stats[F.STAT["count"]] - stats[F.STAT["nan"]] - stats[F.STAT["posinf"]] - stats[F.STAT["neginf"]]
+    if finite <= 0:
+        stats[F.STAT["min"]] = stats[F.STAT["max"]] = np.nan
+    return stats
 
 
 def _to_numpy(t: torch.Tensor, *, copy: bool = False) -> np.ndarray:
@@ -203,7 +223,7 @@ class TorchPayload:
             self.event.synchronize()
             assert self.host_stats is not None
             vals = _to_numpy(self.host_values) if (want_values and self.host_values is not None) else None
-            return self.host_stats.numpy().copy(), vals
+            return _finish_device_stats(self.host_stats.numpy().copy()), vals
         assert self.tensor is not None
         t = self.tensor.detach()
         if self._stats is None:  # one tensor can sit under two names (a conv's output, a ReLU's input)
@@ -248,23 +268,36 @@ class ScalarPayload:
 
 
 class UpdatePayload:
-    """The optimizer update of one parameter, ``||W_s - W_{s-1}||_2``, computed off-thread."""
+    """The optimizer update of one parameter, ``||W_s - W_{s-1}||_2``, computed off-thread
+    (CPU) or by one asynchronous kernel whose result reaches pinned host memory (CUDA)."""
 
-    __slots__ = ("cur", "prev", "norm")
+    __slots__ = ("cur", "prev", "host", "event")
 
     def __init__(self, cur: torch.Tensor, prev: torch.Tensor) -> None:
-        self.cur, self.prev = cur, prev
-        self.norm: torch.Tensor | None = None
-        if cur.is_cuda:  # one tiny async kernel; the result is copied with the event below
-            self.norm = torch.linalg.vector_norm((cur.float() - prev.float()).reshape(-1)).to(torch.float64)
+        self.cur: torch.Tensor | None = cur
+        self.prev: torch.Tensor | None = prev
+        self.host: torch.Tensor | None = None
+        self.event: Any = None
+        if cur.is_cuda:  # stream-ordered, like TorchPayload's device statistics
+            if cur.dtype not in _FLOATS:  # float16 / bfloat16: the difference is exact in float32
+                cur, prev = cur.float(), prev.float()
+            norm = torch.linalg.vector_norm(torch.sub(cur, prev).reshape(-1), dtype=torch.float64)
+            self.host = torch.empty((), dtype=torch.float64, pin_memory=True)
+            self.host.copy_(norm, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            self.cur = self.prev = None  # the device copies can go now
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.norm is not None:
-            v = float(self.norm.cpu())
+        if self.event is not None:
+            self.event.synchronize()
+            assert self.host is not None
+            v = float(self.host)
         else:
             # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
             # their difference is exact (Sterbenz), and a float64 copy of both would cost the
             # writer thread ~5x more (it competes with training for the CPU).
+            assert self.cur is not None and self.prev is not None
             cur, prev = self.cur, self.prev
             if cur.dtype not in _FLOATS:
                 cur, prev = cur.float(), prev.float()

@@ -113,12 +113,13 @@ def train(
             out = model(xb)
             loss = lf(out, yb) / accumulate
             loss.backward()
-        tr.inputs.append(xb.numpy().copy())
-        tr.labels.append(yb.numpy().copy())
-        tr.logits.append(out.detach().numpy().copy())
+        # (.cpu() is a no-op on CPU; on CUDA these copies synchronise, which a test may do)
+        tr.inputs.append(xb.cpu().numpy().copy())
+        tr.labels.append(yb.cpu().numpy().copy())
+        tr.logits.append(out.detach().cpu().numpy().copy())
         tr.losses.append(float(loss.detach()))
-        tr.weights.append({k: p.detach().numpy().copy() for k, p in model.named_parameters()})
-        tr.grads.append({k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None})
+        tr.weights.append({k: p.detach().cpu().numpy().copy() for k, p in model.named_parameters()})
+        tr.grads.append({k: p.grad.cpu().numpy().copy() for k, p in model.named_parameters() if p.grad is not None})
         opt.step()
         if on_step is not None:
             on_step(step)

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
-from trainaudit.capture._torch_snapshot import scalar_stats
+from trainaudit.capture._torch_snapshot import _device_stats, _finish_device_stats, scalar_stats
 
 
 def direct_stats(a: np.ndarray) -> dict[str, float]:
@@ -106,6 +106,21 @@ def test_torch_stats_match_numpy_stats(a: np.ndarray) -> None:
     t = torch.from_numpy(a.copy())
     want = F.numpy_stats(a)
     assert_stats_equal(torch_stats(t), want, rtol=1e-5)
+
+
+_CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", _CUDA])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(a=st.one_of(_float_arrays, _int_arrays))
+def test_device_statistics_match_numpy_stats(device: str, a: np.ndarray) -> None:
+    """The statistics CUDA tensors get (reduction kernels on the device, no host round trip)
+    equal the numpy reference. The kernels are plain torch operations, so CPU checks their
+    arithmetic everywhere; the CUDA case runs where there is a GPU."""
+    t = torch.from_numpy(a.copy()).to(device)
+    got = _finish_device_stats(_device_stats(t).cpu().numpy())
+    assert_stats_equal(got, F.numpy_stats(a), rtol=1e-5)
 
 
 @settings(max_examples=60, deadline=None)

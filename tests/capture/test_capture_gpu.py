@@ -5,6 +5,7 @@ Skipped cleanly without CUDA."""
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -72,31 +73,75 @@ def test_cuda_nonfinite_counts() -> None:
 
 def test_training_thread_never_syncs_with_the_device(local_dir: str) -> None:
     """With CUDA's sync debug mode on, a hooked training step triggers no more synchronising
-    calls than an unhooked one (no .cpu(), .item() or pageable copies on the training thread)."""
+    calls on the training thread than an unhooked one (no .cpu(), .item(), pageable copies or
+    ``torch.tensor(..., device=)``). The writer thread may wait for the device (it waits on
+    each snapshot's event), so warnings are counted per thread."""
 
     def count_syncs(uri: str | None) -> int:
+        training_thread = threading.get_ident()
+        seen: list[tuple[int, str]] = []
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings():  # restores showwarning on exit
                 warnings.simplefilter("always")
+                warnings.showwarning = lambda message, *args, **kwargs: seen.append((threading.get_ident(), str(message)))
                 dev = torch.device("cuda")
                 model = mlp(nn.ReLU, dims=(20, 64, 4)).to(dev)
-                opt = torch.optim.SGD(model.parameters(), lr=0.1)
+                opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
                 lf = nn.CrossEntropyLoss()
                 hook = TorchHook(uri, config=CaptureConfig.full()).register(model, opt, lf) if uri else None
                 x = torch.randn(32, 20, device=dev)
                 y = torch.randint(0, 4, (32,), device=dev)
-                for _ in range(3):
+                for _ in range(4):
                     opt.zero_grad()
                     lf(model(x), y).backward()
                     opt.step()
-            n = sum("synchroniz" in str(w.message) for w in caught)
+                if hook is not None:
+                    hook.close()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        if hook is not None:
-            hook.close()
-        return n
+        return sum(tid == training_thread and "synchroniz" in msg for tid, msg in seen)
 
     base = count_syncs(None)
     assert count_syncs(os.path.join(local_dir, "nosync")) == base
+
+
+def test_default_capture_on_cuda(local_dir: str) -> None:
+    """The defaults on a GPU (statistics of everything every step, values on a schedule,
+    steps held until the next backward): every collection is there, each statistic equals
+    numpy's of what training had, update norms equal ||W_s - W_{s-1}||."""
+    from _capture_models import train
+
+    torch.manual_seed(1)
+    dev = torch.device("cuda")
+    model = mlp(nn.ReLU, dims=(20, 64, 32, 4)).to(dev)
+    x, y = (t.to(dev) for t in classification_data(256, (20,), 4))
+    uri = os.path.join(local_dir, "defaults")
+    with TorchHook(uri) as hook:
+        tr = train(model, hook, x, y, steps=8, eval_every=4, eval_batches=2)
+    run = open_run(uri)
+    assert run.status == "complete" and run.errors == [] and run.lost == {}
+    assert set(run.collections) == {"inputs", "losses", "labels", "predictions", "outputs", "activation_inputs",
+                                    "weights", "biases", "gradients", "updates"}
+    train_rows = run.steps().mode == 0
+    assert int(train_rows.sum()) == 8
+    for name, trace in (("weights/2.weight", [w["2.weight"] for w in tr.weights]),
+                        ("gradients/0.bias", [g["0.bias"] for g in tr.grads]),
+                        ("outputs/4", tr.logits),
+                        ("labels/labels", tr.labels),
+                        ("predictions/predictions", [lg.argmax(1) for lg in tr.logits])):
+        st = run.stats(name)
+        rows = st.values[st.mode == 0]
+        assert len(rows) == 8, name
+        for s in range(8):
+            np.testing.assert_allclose(rows[s], F.numpy_stats(trace[s]), rtol=1e-5, atol=1e-6, err_msg=f"{name} step {s}")
+    upd = run.stats("updates/4.weight")
+    want = [np.linalg.norm((tr.weights[s]["4.weight"].astype(np.float64) - tr.weights[s - 1]["4.weight"]).ravel()) for s in range(1, 8)]
+    assert upd.mode_step.tolist() == list(range(1, 8))
+    np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-5)
+    loss = run.stats("losses/loss")
+    np.testing.assert_allclose(loss.field("sum")[loss.mode == 0], tr.losses, rtol=1e-6)
+    np.testing.assert_allclose(loss.field("sum")[loss.mode == 1], tr.eval_losses, rtol=1e-6)
+    # values on the default schedule include step 0 (poor initialisation shows there)
+    np.testing.assert_array_equal(run.values("weights/0.weight", 0), tr.weights[0]["0.weight"])

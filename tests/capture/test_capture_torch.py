@@ -27,6 +27,9 @@ from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run
 from trainaudit.capture import _format as F
 from trainaudit.capture._control import request_stop
 
+#: Tests that also run on a GPU when there is one (CI has none: the CUDA case skips cleanly).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
 
 def _run_dir(local_dir: str, name: str = "run") -> str:
     return os.path.join(local_dir, name)
@@ -57,10 +60,11 @@ def _assert_values(run, name: str, wanted: list[np.ndarray], *, rtol: float = 0.
         np.testing.assert_allclose(by_step[step], F.numpy_stats(want), rtol=1e-5, atol=1e-6, err_msg=f"{name} stats {step}")
 
 
-def test_mlp_relu_captures_every_collection(local_dir: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_mlp_relu_captures_every_collection(local_dir: str, device: str) -> None:
     torch.manual_seed(0)
-    model = mlp(nn.ReLU)
-    x, y = classification_data(256, (20,), 4)
+    model = mlp(nn.ReLU).to(device)
+    x, y = (t.to(device) for t in classification_data(256, (20,), 4))
     uri = _run_dir(local_dir)
     hook = TorchHook(uri, config=CaptureConfig.full(), run_id="mlp")
     tr = train(model, hook, x, y, steps=6, eval_every=3, eval_batches=2)
@@ -148,10 +152,11 @@ def test_mlp_tanh_sigmoid_activation_inputs(local_dir: str) -> None:
         np.testing.assert_allclose(run.values("outputs/3", s), 1 / (1 + np.exp(-a3)), rtol=1e-5, atol=1e-6)
 
 
-def test_small_cnn(local_dir: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_small_cnn(local_dir: str, device: str) -> None:
     torch.manual_seed(2)
-    model = SmallCNN()
-    x, y = classification_data(96, (1, 28, 28), 10)
+    model = SmallCNN().to(device)
+    x, y = (t.to(device) for t in classification_data(96, (1, 28, 28), 10))
     uri = _run_dir(local_dir)
     with TorchHook(uri, config=CaptureConfig.full()) as hook:
         tr = train(model, hook, x, y, steps=3, batch=16)
@@ -545,17 +550,18 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
     assert hook._policies["other/late"].copy
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("loss_module", [True, False], ids=["loss-module", "functional-loss"])
-def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, loss_module: bool) -> None:
+def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, loss_module: bool, device: str) -> None:
     """The hook holds each step back until the next backward pass begins (the writer's
     Python work then overlaps autograd, which runs without the GIL): at the registered loss
     module's call, else when autograd reaches the model's output; or at the end of a forward
     pass no backward follows. flush() and close() hand over the rest."""
     torch.manual_seed(2)
-    model = mlp(nn.ReLU)
+    model = mlp(nn.ReLU).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     loss_fn = nn.CrossEntropyLoss()
-    x, y = classification_data(64, (20,), 4)
+    x, y = (t.to(device) for t in classification_data(64, (20,), 4))
     uri = _run_dir(local_dir)
     with TorchHook(uri).register(model, opt, loss_fn if loss_module else None) as hook:
         writer = hook.recorder.writer
