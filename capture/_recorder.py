@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._config import CaptureConfig
@@ -76,6 +76,9 @@ class Recorder:
         self.mode_steps = {m: 0 for m in MODES}
         self._open: StepRecord | None = None
         self._closed = False
+        #: Called as a step ends, before it is handed to the writer (the PyTorch hook reduces
+        #: the step's CUDA tensors there). Exceptions are recorded, never raised.
+        self.before_step_end: Callable[[], None] | None = None
         # Resumed training (this rank already holds committed steps): continue its numbering.
         # Opening the store takes milliseconds locally, about a second on S3; bounded wait.
         if self.writer.wait_ready(RESUME_WAIT_SECONDS) and self.writer.resume_from is not None:
@@ -114,6 +117,11 @@ class Recorder:
         rec = self._open
         if rec is None:
             return
+        if self.before_step_end is not None:
+            try:
+                self.before_step_end()
+            except Exception as exc:  # capture never crashes training
+                self.writer._record_error("hook", f"end of step {rec.global_step}: {type(exc).__name__}: {exc}")
         self._open = None
         self.writer.submit(rec)
         self.global_step += 1

@@ -4,8 +4,9 @@ What the training thread pays, per captured tensor and step, on CPU: mostly noth
 outputs, inputs and gradients go to the writer by reference, checked against their version
 counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead);
 weights, which the optimizer changes in place, are copied by a helper thread while the next
-step's forward pass runs (``_torch_params``). On CUDA: a handful of asynchronous reductions
-and, when full values are due, one asynchronous copy into pinned host memory. Statistics,
+step's forward pass runs (``_torch_params``). On CUDA: a step's tensors are reduced together
+by a few dozen asynchronous kernels (``_torch_device``) and, when full values are due, copied
+asynchronously into pinned host memory. Statistics,
 numpy conversion and store I/O all happen on the writer thread. No ``.cpu()`` and no device
 synchronisation happen on the training thread.
 
@@ -39,6 +40,7 @@ from torch import nn
 from . import _format as F
 from ._config import CaptureConfig
 from ._recorder import Recorder
+from ._torch_device import DevicePayload, DeviceStatsBatch, DeviceUpdatePayload
 from ._torch_params import ParameterCopier, ParameterCopy
 from ._torch_snapshot import (
     ArgmaxPayload,
@@ -184,9 +186,13 @@ class TorchHook:
         self._probes_new: list[tuple[CopyPolicy, torch.Tensor, int]] = []
         # One tensor captured under two names in a step (a conv's output is the next ReLU's
         # input) gets one payload, so its statistics are computed once.
-        self._step_payloads: dict[tuple[Any, ...], TorchPayload] = {}
+        self._step_payloads: dict[tuple[Any, ...], TorchPayload | DevicePayload] = {}
         self._step_stamp: tuple[int, str] | None = None
         self._copier = ParameterCopier(f"trainaudit-params-{self.recorder.writer.run_id}")
+        # CUDA tensors are reduced a step at a time (_torch_device): before the optimizer
+        # changes the weights, and whenever a step ends.
+        self._device_batch = DeviceStatsBatch()
+        self.recorder.before_step_end = self._device_batch.launch
         self._closed = False
 
     # ------------------------------------------------------------------ registration
@@ -355,7 +361,7 @@ class TorchHook:
         if not (stats_due or values_due):
             return None
         policy = None
-        if how != "owned" and not t.is_cuda:
+        if how != "owned":
             policy = slot.policy
             if policy is None:
                 policy = slot.policy = self._policies.setdefault(slot.name, CopyPolicy())
@@ -367,16 +373,23 @@ class TorchHook:
                     self._probes_new.append((policy, t, t._version))
                 else:
                     how = "ref"
-        if payload_type is TorchPayload:
+        if t.is_cuda:
+            payload: Any = self._shared_payload(t, values_due, how or "copy", policy)
+        elif payload_type is TorchPayload:
             payload = self._shared_payload(t, values_due, how or "copy", policy)
         else:  # a payload that transforms the tensor is its own, never shared
-            payload = payload_type(t, values=values_due, how=how or "copy", policy=policy)
+            payload = payload_type(t, how=how or "copy", policy=policy)
         self.recorder.add(slot.name, slot.collection, payload, values=values_due, meta=slot.meta)
         return payload
 
-    def _shared_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload:
-        if how != "ref" or t.is_cuda:
-            return TorchPayload(t, values=values, how=how, policy=policy)
+    def _new_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload | DevicePayload:
+        if t.is_cuda:
+            return DevicePayload(t, self._device_batch, values=values, how=how, policy=policy)
+        return TorchPayload(t, how=how, policy=policy)
+
+    def _shared_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload | DevicePayload:
+        if how != "ref":
+            return self._new_payload(t, values, how, policy)
         # Only references are shared: a reference keeps its tensor alive, so no other tensor
         # object of this step can have its id. One tensor under two names (a layer's output
         # is the next activation's input) is the same Python object.
@@ -387,7 +400,9 @@ class TorchHook:
         key = (id(t), t._version)
         payload = self._step_payloads.get(key)
         if payload is None:
-            payload = self._step_payloads[key] = TorchPayload(t, values=values, how=how, policy=policy)
+            payload = self._step_payloads[key] = self._new_payload(t, values, how, policy)
+        elif values and isinstance(payload, DevicePayload):
+            payload.want_values()  # the first name did not want the values, this one does
         return payload
 
     def _check_probes(self) -> None:
@@ -518,7 +533,7 @@ class TorchHook:
         # writer takes the argmax; on GPU it is one tiny asynchronous kernel.
         if scores.is_floating_point() and scores.ndim >= 2:
             if scores.is_cuda:
-                self._capture_slot(slot, scores.detach().argmax(dim=1))
+                self._capture_slot(slot, scores.detach().argmax(dim=1), how="owned")
             else:
                 self._capture_slot(slot, scores, payload_type=ArgmaxPayload)
         else:
@@ -553,20 +568,24 @@ class TorchHook:
                 rec.add(PARAMETER_BATCH, "other", batch, values=False)
         except Exception as exc:
             self._error("optimizer step", exc)
+        try:
+            self._device_batch.launch()  # before optimizer.step() changes the weights
+        except Exception as exc:
+            self._error("device statistics", exc)
 
     def _add_gradient(self, batch: ParameterBatch, ps: _ParamSlots, grad: torch.Tensor, values_due: bool) -> None:
         slot = ps.grad
         copy = self._grad_copy(ps.pname, grad)  # always asked: it follows the gradients' storage
-        if grad.is_cuda:
+        if grad.is_cuda:  # reduced before this pre-hook returns: a reference is safe
             batch.entries.append((slot.name, "gradients", slot.meta, values_due, "payload",
-                                  TorchPayload(grad, values=values_due, how="copy"), None))
+                                  DevicePayload(grad, self._device_batch, values=values_due, how="ref"), None))
             return
         policy = slot.policy
         if policy is None:
             policy = slot.policy = self._policies.setdefault(slot.name, CopyPolicy())
         if copy or policy.copy or grad.is_inference():
             batch.entries.append((slot.name, "gradients", slot.meta, values_due, "payload",
-                                  TorchPayload(grad, values=values_due, how="copy", policy=policy), None))
+                                  TorchPayload(grad, how="copy", policy=policy), None))
         else:
             batch.entries.append((slot.name, "gradients", slot.meta, values_due, "ref", grad, grad._version, policy))
 
@@ -608,11 +627,15 @@ class TorchHook:
         if not (stats_due or values_due):
             return
         snapshot: torch.Tensor | None
-        if copy is None:
-            payload = TorchPayload(ps.param, values=values_due, how="copy")
+        p = ps.param
+        if p.is_cuda:  # statistics from the step's device batch; a device copy to diff against
+            payload: Any = DevicePayload(p, self._device_batch, values=values_due, how="ref")
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
-            # The CPU snapshot is a private copy; on CUDA keep a device copy to diff against.
-            snapshot = payload.tensor if payload.tensor is not None else (ps.param.detach().clone() if ps.update.wanted else None)
+            snapshot = p.detach().clone() if ps.update.wanted else None
+        elif copy is None:
+            payload = TorchPayload(p, how="copy")
+            batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
+            snapshot = payload.tensor  # a private copy
         else:
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "owned", copy, None))
             snapshot = copy.tensor
@@ -628,6 +651,9 @@ class TorchHook:
         update = ps.update
         if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
             batch.entries.append((update.name, "updates", update.meta, update_due[1], "scalar", math.sqrt(copy.update_sumsq), None))
+        elif p.is_cuda:
+            batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload",
+                                  DeviceUpdatePayload(snapshot, prev[1], self._device_batch), None))
         else:
             batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload", UpdatePayload(snapshot, prev[1]), None))
 

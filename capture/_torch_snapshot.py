@@ -13,8 +13,8 @@ cheapest:
   (:class:`CopyPolicy`).
 * **copied**: ``clone()`` on the training thread, a memcpy of the tensor.
 
-CUDA tensors are never copied synchronously: their statistics are reduced on the device and
-copied to pinned host memory asynchronously, stream-ordered with the training's own kernels.
+CUDA tensors take another way, ``_torch_device``: their statistics are reduced on the device,
+many tensors at a time, and reach pinned host memory asynchronously.
 """
 
 from __future__ import annotations
@@ -106,49 +106,6 @@ def torch_stats(t: torch.Tensor) -> np.ndarray:
     return out
 
 
-def _device_stats(t: torch.Tensor) -> torch.Tensor:
-    """The statistics of a CUDA tensor as a float64 device tensor, launched asynchronously.
-
-    Only kernels: no host-to-device copy (``torch.tensor(x, device=...)`` copies from pageable
-    memory and waits for it), no ``.item()``. With no finite value min and max come back as
-    +Inf/-Inf; :func:`_finish_device_stats` turns them into NaN as ``numpy_stats`` has them.
-    """
-    if t.dtype in _FLOATS:
-        x = t
-    elif t.is_floating_point():
-        x = t.float()  # float16 / bfloat16: exact in float32
-    else:
-        x = t.double()  # class ids, token ids, masks: exact up to 2**53
-    x = x.reshape(-1)
-    f64 = torch.float64
-    count = torch.full((), float(x.numel()), dtype=f64, device=x.device)
-    if x.numel() == 0:
-        return torch.cat([count.reshape(1), torch.zeros(F.N_STATS - 1, dtype=f64, device=x.device)])
-    finite = torch.isfinite(x)
-    fin = torch.where(finite, x, 0.0).to(f64)
-    parts = [
-        count,
-        torch.isnan(x).sum(dtype=f64),
-        (x == math.inf).sum(dtype=f64),
-        (x == -math.inf).sum(dtype=f64),
-        (x == 0).sum(dtype=f64),
-        torch.where(finite, x, math.inf).amin().to(f64),
-        torch.where(finite, x, -math.inf).amax().to(f64),
-        fin.sum(),
-        (fin * fin).sum(),
-        torch.linalg.vector_norm(fin, 1),
-    ]
-    return torch.stack(parts)
-
-
-def _finish_device_stats(stats: np.ndarray) -> np.ndarray:
-    """Host-side touch to :func:`_device_stats`: NaN min/max when no value was finite."""
-    finite = stats[F.STAT["count"]] - stats[F.STAT["nan"]] - stats[F.STAT["posinf"]] - stats[F.STAT["neginf"]]
-    if finite <= 0:
-        stats[F.STAT["min"]] = stats[F.STAT["max"]] = np.nan
-    return stats
-
-
 def _to_numpy(t: torch.Tensor, *, copy: bool = False) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         return t.float().numpy()  # numpy has no bfloat16; float32 holds it exactly (a new array)
@@ -162,42 +119,26 @@ class TorchPayload:
 
     Args:
         t: the tensor.
-        values: whether its full values are due (CUDA: copied to host asynchronously now).
         how: ``"copy"`` (clone it now), ``"ref"`` (keep a reference, check its version counter
             after reading) or ``"owned"`` (``t`` is already a private copy).
         policy: the name's :class:`CopyPolicy`, told when a reference turns out changed.
     """
 
-    __slots__ = ("tensor", "version", "policy", "private", "host_stats", "host_values", "event", "_stats")
+    __slots__ = ("tensor", "version", "policy", "private", "_stats")
 
-    def __init__(self, t: torch.Tensor, *, values: bool, how: str = "copy", policy: CopyPolicy | None = None,
+    def __init__(self, t: torch.Tensor, *, how: str = "copy", policy: CopyPolicy | None = None,
                  version: int | None = None) -> None:
         if how == "copy":
             t = t.detach()
         # A reference is kept as the very object the hook saw (the hook's per-step dedupe keys
         # on its id), an owned copy as the object its pool tracks; the writer detaches.
-        self.event: Any = None
-        self.host_stats: torch.Tensor | None = None
-        self.host_values: torch.Tensor | None = None
         self.version: int | None = None
         self.policy = policy
         # Only a clone this payload made is nobody else's: values handed out as numpy views of
         # anything else could change before the writer's next flush.
         self.private = how == "copy"
         self._stats: np.ndarray | None = None
-        if t.is_cuda:
-            # Stream-ordered: these read the tensor as it is now, even if the optimizer
-            # changes it later, and the training thread does not wait for them.
-            dev = _device_stats(t)
-            self.host_stats = torch.empty(F.N_STATS, dtype=torch.float64, pin_memory=True)
-            self.host_stats.copy_(dev, non_blocking=True)
-            if values:
-                self.host_values = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                self.host_values.copy_(t, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-            self.tensor = None
-        elif how == "ref":
+        if how == "ref":
             self.tensor = t
             self.version = t._version if version is None else version  # as the hook saw it
         elif how == "owned":
@@ -208,7 +149,7 @@ class TorchPayload:
     def stats_buffer(self) -> np.ndarray | None:
         """The float32/float64 array whose statistics this payload needs, for the writer to
         compute them with every other tensor of the step in one call; None when they are
-        known already or come another way (CUDA, other dtypes)."""
+        known already or the dtype is another."""
         t = self.tensor
         if self._stats is not None or t is None or t.dtype not in _FLOATS or not t.is_contiguous():
             return None
@@ -219,11 +160,6 @@ class TorchPayload:
         self._stats = np.asarray(stats, dtype=np.float64)
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.event is not None:
-            self.event.synchronize()
-            assert self.host_stats is not None
-            vals = _to_numpy(self.host_values) if (want_values and self.host_values is not None) else None
-            return _finish_device_stats(self.host_stats.numpy().copy()), vals
         assert self.tensor is not None
         t = self.tensor.detach()
         if self._stats is None:  # one tensor can sit under two names (a conv's output, a ReLU's input)
@@ -268,42 +204,24 @@ class ScalarPayload:
 
 
 class UpdatePayload:
-    """The optimizer update of one parameter, ``||W_s - W_{s-1}||_2``, computed off-thread
-    (CPU) or by one asynchronous kernel whose result reaches pinned host memory (CUDA)."""
+    """The optimizer update of one CPU parameter, ``||W_s - W_{s-1}||_2``, computed on the
+    writer thread (CUDA parameters: ``_torch_device.DeviceUpdatePayload``)."""
 
-    __slots__ = ("cur", "prev", "host", "event")
+    __slots__ = ("cur", "prev")
 
     def __init__(self, cur: torch.Tensor, prev: torch.Tensor) -> None:
-        self.cur: torch.Tensor | None = cur
-        self.prev: torch.Tensor | None = prev
-        self.host: torch.Tensor | None = None
-        self.event: Any = None
-        if cur.is_cuda:  # stream-ordered, like TorchPayload's device statistics
-            if cur.dtype not in _FLOATS:  # float16 / bfloat16: the difference is exact in float32
-                cur, prev = cur.float(), prev.float()
-            norm = torch.linalg.vector_norm(torch.sub(cur, prev).reshape(-1), dtype=torch.float64)
-            self.host = torch.empty((), dtype=torch.float64, pin_memory=True)
-            self.host.copy_(norm, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-            self.cur = self.prev = None  # the device copies can go now
+        self.cur, self.prev = cur, prev
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.event is not None:
-            self.event.synchronize()
-            assert self.host is not None
-            v = float(self.host)
-        else:
-            # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
-            # their difference is exact (Sterbenz), and a float64 copy of both would cost the
-            # writer thread ~5x more (it competes with training for the CPU).
-            assert self.cur is not None and self.prev is not None
-            cur, prev = self.cur, self.prev
-            if cur.dtype not in _FLOATS:
-                cur, prev = cur.float(), prev.float()
-            cur, prev = cur.reshape(-1).contiguous(), prev.reshape(-1).contiguous()
-            sq = diff_sumsq(cur.numpy(), prev.numpy())
-            v = math.sqrt(sq) if sq is not None else float(torch.linalg.vector_norm(torch.sub(cur, prev)))
+        # In the parameter's own precision (float32 for most): W_s and W_{s-1} are close, so
+        # their difference is exact (Sterbenz), and a float64 copy of both would cost the
+        # writer thread ~5x more (it competes with training for the CPU).
+        cur, prev = self.cur, self.prev
+        if cur.dtype not in _FLOATS:
+            cur, prev = cur.float(), prev.float()
+        cur, prev = cur.reshape(-1).contiguous(), prev.reshape(-1).contiguous()
+        sq = diff_sumsq(cur.numpy(), prev.numpy())
+        v = math.sqrt(sq) if sq is not None else float(torch.linalg.vector_norm(torch.sub(cur, prev)))
         arr = np.asarray(v, dtype=np.float64)
         return scalar_stats(v), (arr if want_values else None)
 
@@ -332,9 +250,9 @@ class ParameterBatch:
         out = []
         for name, collection, meta, values, kind, a, b, *rest in self.entries:
             if kind == "ref":
-                payload: Any = TorchPayload(a, values=values, how="ref", policy=rest[0] if rest else None, version=b)
+                payload: Any = TorchPayload(a, how="ref", policy=rest[0] if rest else None, version=b)
             elif kind == "owned":
-                payload = TorchPayload(a.tensor, values=values, how="owned")
+                payload = TorchPayload(a.tensor, how="owned")
                 if a.stats is not None:
                     payload.set_stats(a.stats)
             elif kind == "scalar":

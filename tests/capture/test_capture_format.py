@@ -15,7 +15,8 @@ from hypothesis.extra import numpy as hnp
 from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
-from trainaudit.capture._torch_snapshot import _device_stats, _finish_device_stats, scalar_stats
+from trainaudit.capture._torch_device import batched_device_stats, finish_device_stats
+from trainaudit.capture._torch_snapshot import scalar_stats
 
 
 def direct_stats(a: np.ndarray) -> dict[str, float]:
@@ -112,15 +113,31 @@ _CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torc
 
 
 @pytest.mark.parametrize("device", ["cpu", _CUDA])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(a=st.one_of(_float_arrays, _int_arrays))
-def test_device_statistics_match_numpy_stats(device: str, a: np.ndarray) -> None:
-    """The statistics CUDA tensors get (reduction kernels on the device, no host round trip)
-    equal the numpy reference. The kernels are plain torch operations, so CPU checks their
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays=st.lists(st.one_of(_float_arrays, _int_arrays), min_size=1, max_size=5))
+def test_batched_device_statistics_match_numpy_stats(device: str, arrays: list[np.ndarray]) -> None:
+    """The statistics CUDA tensors get (a step's tensors reduced together on the device, no
+    host round trip) equal the numpy reference, tensor by tensor, in the tensors' order
+    whatever their mix of dtypes. The kernels are plain torch operations, so CPU checks their
     arithmetic everywhere; the CUDA case runs where there is a GPU."""
-    t = torch.from_numpy(a.copy()).to(device)
-    got = _finish_device_stats(_device_stats(t).cpu().numpy())
-    assert_stats_equal(got, F.numpy_stats(a), rtol=1e-5)
+    tensors = [torch.from_numpy(a.copy()).to(device) for a in arrays]
+    got = batched_device_stats(tensors).cpu().numpy()
+    assert got.shape == (len(arrays), F.N_STATS)
+    for row, a in zip(got, arrays, strict=True):
+        assert_stats_equal(finish_device_stats(row.copy()), F.numpy_stats(a), rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", _CUDA])
+def test_batched_device_statistics_of_half_precision_bool_and_empty_tensors(device: str) -> None:
+    rng = np.random.default_rng(0)
+    f32 = rng.normal(size=(7, 5)).astype(np.float32)
+    tensors = [torch.from_numpy(f32).to(torch.bfloat16), torch.arange(-3, 9), torch.zeros(0),
+               torch.from_numpy(f32).half(), torch.tensor([True, False, True]), torch.tensor(float("nan"))]
+    want = [F.numpy_stats(tensors[0].float().numpy()), F.numpy_stats(np.arange(-3, 9)), F.numpy_stats(np.zeros(0)),
+            F.numpy_stats(tensors[3].float().numpy()), F.numpy_stats(np.array([1, 0, 1])), F.numpy_stats(np.array(np.nan))]
+    got = batched_device_stats([t.to(device) for t in tensors]).cpu().numpy()
+    for row, w in zip(got, want, strict=True):
+        assert_stats_equal(finish_device_stats(row.copy()), w, rtol=1e-5)
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,6 +17,8 @@ from torch import nn
 from trainaudit.capture import CaptureConfig, TorchHook, open_run
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
+from trainaudit.capture._torch_device import DevicePayload, DeviceStatsBatch
+from trainaudit.capture._torch_snapshot import ChangedInPlace, CopyPolicy
 
 pytestmark = [
     pytest.mark.gpu,
@@ -63,12 +65,32 @@ def test_cuda_stats_equal_cpu_stats(local_dir: str, dtype: torch.dtype) -> None:
 
 
 def test_cuda_nonfinite_counts() -> None:
-    from trainaudit.capture._torch import TorchPayload
-
+    batch = DeviceStatsBatch()
     t = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, -2.0], device="cuda")
-    stats, values = TorchPayload(t, values=True).resolve(True)
+    p = DevicePayload(t, batch, values=True, how="copy")
+    batch.launch()
+    stats, values = p.resolve(True)
     np.testing.assert_array_equal(stats, F.numpy_stats(t.cpu().numpy()))
     assert values is not None and np.array_equal(values, t.cpu().numpy(), equal_nan=True)
+
+
+def test_device_batch_drops_a_reference_changed_before_it_is_reduced() -> None:
+    """A tensor passed by reference that changes in place before its step is reduced is not
+    read wrong: the reading is dropped with ChangedInPlace and its name is copied from then
+    on. The other tensors of the batch are unaffected; values are those at capture time."""
+    batch = DeviceStatsBatch()
+    policy = CopyPolicy()
+    t = torch.arange(6.0, device="cuda")
+    kept = DevicePayload(t, batch, values=True, how="copy")
+    changed = DevicePayload(t, batch, values=False, how="ref", policy=policy)
+    t.add_(1)
+    batch.launch()
+    with pytest.raises(ChangedInPlace):
+        changed.resolve(False)
+    assert policy.copy
+    stats, values = kept.resolve(True)
+    np.testing.assert_array_equal(stats, F.numpy_stats(np.arange(6.0, dtype=np.float32)))
+    np.testing.assert_array_equal(values, np.arange(6.0, dtype=np.float32))
 
 
 def test_training_thread_never_syncs_with_the_device(local_dir: str) -> None:

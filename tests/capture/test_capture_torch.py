@@ -459,13 +459,14 @@ def test_stop_request_reaches_the_training_loop(local_dir: str) -> None:
 # ------------------------------------------------------------------ how tensors reach the writer
 
 
-def test_in_place_activations_are_read_as_they_were_captured(local_dir: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_in_place_activations_are_read_as_they_were_captured(local_dir: str, device: str) -> None:
     """A Linear output that ``ReLU(inplace=True)`` overwrites in the same forward pass must be
     stored as the Linear produced it: the hook notices the in-place change on its first steps
     and copies that tensor from then on; nothing is dropped or recorded wrong."""
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(inplace=True), nn.Linear(32, 4))
-    x, y = classification_data(256, (20,), 4)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(inplace=True), nn.Linear(32, 4)).to(device)
+    x, y = (t.to(device) for t in classification_data(256, (20,), 4))
     uri = _run_dir(local_dir)
     hook = TorchHook(uri, config=CaptureConfig.full())
     tr = train(model, hook, x, y, steps=8)
