@@ -6,8 +6,9 @@ min, max, sums), ~10 us of host time each, for every tensor of every step: an ML
 made its 1.3 ms step 12-15x longer on an H200 (docs/BENCHMARKS.md, "Capture on a GPU"). So the
 hook collects a step's CUDA tensors in a :class:`DeviceStatsBatch` and reduces them together
 when the step's tensors stop being safe to read (before ``optimizer.step()`` changes the
-weights, or when the step ends): one concatenation, then each statistic for all tensors at once
-with ``torch.segment_reduce``; the ``(tensors, N_STATS)`` result goes to pinned host memory with
+weights, or when the step ends): one concatenation, then each statistic for all tensors at once,
+as row-wise reductions of the concatenation (each tensor padded to whole rows), whose rows
+are then summed into their tensors; the ``(tensors, N_STATS)`` result goes to pinned host memory with
 one asynchronous copy and one event. Nothing on the training thread waits for the device.
 
 A tensor reaches the batch by reference when nothing changes it in place before the batch is
@@ -47,68 +48,85 @@ def finish_device_stats(stats: np.ndarray) -> np.ndarray:
     return stats
 
 
-def _group_stats(flats: Sequence[torch.Tensor], lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(len(flats), N_STATS)`` float64 statistics of 1-D tensors, concatenated in ``dtype``."""
-    x = torch.cat([f.to(dtype) for f in flats]) if len(flats) > 1 else flats[0].to(dtype)
+#: Elements per row of the reduction: each tensor is padded (with NaN) to whole rows, so that
+#: no row holds two tensors and every statistic is one row-wise reduction of the whole batch.
+ROW = 2048
 
-    def seg(v: torch.Tensor, how: str = "sum", initial: float | None = None) -> torch.Tensor:
-        # unsafe: skip segment_reduce's argument checks, which read the lengths on the host
-        return torch.segment_reduce(v, how, lengths=lengths, unsafe=True, initial=initial)
 
+class _Group:
+    """How one dtype group of a batch is laid out in rows (made once per layout, cached)."""
+
+    __slots__ = ("dtype", "index", "pads", "row_owner", "counts", "pad_counts", "nan_pad")
+
+    def __init__(self, dtype: torch.dtype, index: list[int], numels: list[int], device: torch.device) -> None:
+        self.dtype, self.index = dtype, index
+        rows = [-(-n // ROW) for n in numels]
+        self.pads = [r * ROW - n for r, n in zip(rows, numels, strict=True)]
+        owner = np.repeat(np.arange(len(numels), dtype=np.int64), rows)
+        self.row_owner = _to_device(torch.from_numpy(owner), device)
+        self.counts = _to_device(torch.tensor(numels, dtype=_F64), device)
+        self.pad_counts = _to_device(torch.tensor(self.pads, dtype=_F64), device)
+        self.nan_pad = torch.full((ROW,), math.nan, dtype=dtype, device=device)
+
+
+def _group_stats(tensors: Sequence[torch.Tensor], g: _Group) -> torch.Tensor:
+    """``(len(tensors), N_STATS)`` float64 statistics of the group's tensors: a reduction per
+    row, then the rows' partial results summed (or min/max-ed) into their tensors'."""
+    parts: list[torch.Tensor] = []
+    for t, pad in zip(tensors, g.pads, strict=True):
+        parts.append(t.reshape(-1))
+        if pad:
+            parts.append(g.nan_pad[:pad])
+    x = torch.cat(parts).to(g.dtype).view(-1, ROW)  # (cat promotes float16/bfloat16/ints)
     finite = torch.isfinite(x)
     fin = torch.where(finite, x, 0.0).to(_F64)
-    columns = [
-        lengths.to(_F64),
-        seg(torch.isnan(x).to(_F64)),
-        seg((x == math.inf).to(_F64)),
-        seg((x == -math.inf).to(_F64)),
-        seg((x == 0).to(_F64)),
-        seg(torch.where(finite, x, math.inf), "min", math.inf).to(_F64),
-        seg(torch.where(finite, x, -math.inf), "max", -math.inf).to(_F64),
-        seg(fin),
-        seg(fin * fin),
-        seg(fin.abs()),
-    ]
-    return torch.stack(columns, dim=1)
+    partial = torch.stack([
+        torch.isnan(x).sum(1, dtype=_F64),  # includes the padding, taken off below
+        (x == math.inf).sum(1, dtype=_F64),
+        (x == -math.inf).sum(1, dtype=_F64),
+        (x == 0).sum(1, dtype=_F64),
+        fin.sum(1),
+        (fin * fin).sum(1),
+        fin.abs().sum(1),
+    ], dim=1)
+    k = len(tensors)
+    sums = torch.zeros((k, 7), dtype=_F64, device=x.device).index_add_(0, g.row_owner, partial)
+    mins = torch.full((k,), math.inf, dtype=_F64, device=x.device).scatter_reduce_(
+        0, g.row_owner, torch.where(finite, x, math.inf).amin(1).to(_F64), "amin")
+    maxs = torch.full((k,), -math.inf, dtype=_F64, device=x.device).scatter_reduce_(
+        0, g.row_owner, torch.where(finite, x, -math.inf).amax(1).to(_F64), "amax")
+    return torch.stack([g.counts, sums[:, 0] - g.pad_counts, sums[:, 1], sums[:, 2], sums[:, 3], mins, maxs,
+                        sums[:, 4], sums[:, 5], sums[:, 6]], dim=1)
 
 
-def batched_device_stats(tensors: Sequence[torch.Tensor], lengths: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """The :data:`STAT_FIELDS` of each tensor (all on one device) as one ``(len(tensors),
-    N_STATS)`` float64 tensor on that device, launched asynchronously: a few dozen kernels
-    whatever the number of tensors, no host round trip.
-
-    Floating tensors other than float64 are reduced in float32 (float16 and bfloat16 exactly);
-    float64, integer and boolean tensors in float64 (integers exactly up to 2**53).
-    ``lengths``, when given, are the element counts as device int64 tensors, one per group in
-    the order :func:`_groups` yields them (the caller caches them; see :class:`DeviceStatsBatch`).
-    """
-    groups = _groups(tensors)
-    out: list[torch.Tensor] = []
-    order: list[int] = []
-    for g, (dtype, idx) in enumerate(groups):
-        flats = [tensors[i].reshape(-1) for i in idx]
-        lens = lengths[g] if lengths is not None else _device_lengths([f.numel() for f in flats], flats[0].device)
-        out.append(_group_stats(flats, lens, dtype))
-        order.extend(idx)
-    stats = torch.cat(out) if len(out) > 1 else out[0]
-    if order != sorted(order):
-        inverse = [0] * len(order)
-        for row, i in enumerate(order):
-            inverse[i] = row
-        stats = stats[_device_lengths(inverse, stats.device)]
-    return stats
-
-
-def _groups(tensors: Sequence[torch.Tensor]) -> list[tuple[torch.dtype, list[int]]]:
+def _layout(tensors: Sequence[torch.Tensor]) -> list[_Group]:
+    """Floating tensors other than float64 are reduced in float32 (float16 and bfloat16
+    exactly); float64, integer and boolean tensors in float64 (integers exactly to 2**53)."""
     narrow = [i for i, t in enumerate(tensors) if t.is_floating_point() and t.dtype != _F64]
     wide = [i for i, t in enumerate(tensors) if not (t.is_floating_point() and t.dtype != _F64)]
-    return [(dt, idx) for dt, idx in ((torch.float32, narrow), (_F64, wide)) if idx]
+    device = tensors[0].device
+    return [_Group(dt, idx, [tensors[i].numel() for i in idx], device)
+            for dt, idx in ((torch.float32, narrow), (_F64, wide)) if idx]
 
 
-def _device_lengths(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    """An int64 device tensor of ``values`` without waiting: ``torch.tensor(..., device=)``
-    copies from pageable memory and synchronises; a pinned copy does not."""
-    host = torch.tensor(values, dtype=torch.int64)
+def batched_device_stats(tensors: Sequence[torch.Tensor], layout: list[_Group] | None = None) -> torch.Tensor:
+    """The :data:`STAT_FIELDS` of each tensor (all on one device) as one ``(len(tensors),
+    N_STATS)`` float64 tensor on that device, launched asynchronously: about 30 kernels per
+    dtype group whatever the number of tensors, and no host round trip. ``layout`` is
+    :func:`_layout` of the tensors, which a caller that sees the same tensors every step caches."""
+    with torch.no_grad():
+        groups = layout if layout is not None else _layout(tensors)
+        out = [_group_stats([tensors[i] for i in g.index], g) for g in groups]
+        stats = torch.cat(out) if len(out) > 1 else out[0]
+        order = [i for g in groups for i in g.index]
+        if order != sorted(order):
+            stats = stats[_to_device(torch.tensor(np.argsort(order), dtype=torch.int64), stats.device)]
+        return stats
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` on ``device`` without waiting: ``torch.tensor(..., device=)`` copies from
+    pageable memory and synchronises; a copy from pinned memory does not."""
     return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
 
 
@@ -136,16 +154,16 @@ class DevicePayload:
 
     def __init__(self, t: torch.Tensor, batch: DeviceStatsBatch, *, values: bool, how: str = "copy",
                  policy: CopyPolicy | None = None) -> None:
-        t = t.detach()
         if how == "copy":
-            t = t.clone()
+            t = t.detach().clone()
+        # A reference is the very object the hook saw: the hook's per-step dedupe keys on its
+        # id, which must not be reused while this payload lives.
         self.tensor: torch.Tensor | None = t
         self.version: int | None = t._version if how == "ref" else None
         self.policy = policy
         self.host_values: torch.Tensor | None = None
         if values:
-            self.host_values = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            self.host_values.copy_(t, non_blocking=True)
+            self.want_values()
         self.result: _BatchResult | None = None
         self.row = -1
         self.changed = False
@@ -153,9 +171,10 @@ class DevicePayload:
 
     def want_values(self) -> None:
         """Copy the values too (a second name of the same tensor wants them at this step)."""
-        if self.host_values is None and self.tensor is not None:
-            self.host_values = torch.empty(self.tensor.shape, dtype=self.tensor.dtype, pin_memory=True)
-            self.host_values.copy_(self.tensor, non_blocking=True)
+        t = self.tensor
+        if self.host_values is None and t is not None:
+            self.host_values = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.host_values.copy_(t.detach(), non_blocking=True)
 
     def stats(self) -> np.ndarray:
         if self.changed:
@@ -200,7 +219,7 @@ class DeviceStatsBatch:
     def __init__(self) -> None:
         self.pending: list[DevicePayload] = []
         self.elements = 0
-        self._lengths: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+        self._layouts: dict[tuple[Any, ...], list[_Group]] = {}
 
     def add(self, payload: DevicePayload) -> None:
         assert payload.tensor is not None
@@ -229,10 +248,13 @@ class DeviceStatsBatch:
 
     def _launch_one(self, device: torch.device, payloads: list[DevicePayload]) -> None:
         tensors: list[torch.Tensor] = [p.tensor for p in payloads]  # type: ignore[misc]
+        layout = self._cached_layout(device, tensors)
         # In group order, so that the rows come back in the payloads' order with no gather.
-        order = [i for _, idx in _groups(tensors) for i in idx]
-        payloads, tensors = [payloads[i] for i in order], [tensors[i] for i in order]
-        stats = batched_device_stats(tensors, self._cached_lengths(device, tensors))
+        order = [i for g in layout for i in g.index]
+        if order != sorted(order):
+            payloads, tensors = [payloads[i] for i in order], [tensors[i] for i in order]
+            layout = self._cached_layout(device, tensors)
+        stats = batched_device_stats(tensors, layout)
         host = torch.empty(stats.shape, dtype=_F64, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         event = torch.cuda.Event()
@@ -241,13 +263,13 @@ class DeviceStatsBatch:
         for row, p in enumerate(payloads):
             p.result, p.row, p.tensor = result, row, None
 
-    def _cached_lengths(self, device: torch.device, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The per-group element counts on the device; a training loop repeats a few layouts,
-        so each is copied to the device once."""
+    def _cached_layout(self, device: torch.device, tensors: Sequence[torch.Tensor]) -> list[_Group]:
+        """A training loop repeats a few layouts (dtypes and sizes of a step's tensors): each
+        is made, and its row owners copied to the device, once."""
         key = (device, *((t.dtype, t.numel()) for t in tensors))
-        lens = self._lengths.get(key)
-        if lens is None:
-            if len(self._lengths) >= 64:
-                self._lengths.clear()
-            lens = self._lengths[key] = [_device_lengths([tensors[i].numel() for i in idx], device) for _, idx in _groups(tensors)]
-        return lens
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= 64:
+                self._layouts.clear()
+            layout = self._layouts[key] = _layout(tensors)
+        return layout

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
-from trainaudit.capture._torch_device import batched_device_stats, finish_device_stats
+from trainaudit.capture._torch_device import ROW, batched_device_stats, finish_device_stats
 from trainaudit.capture._torch_snapshot import scalar_stats
 
 
@@ -128,13 +128,19 @@ def test_batched_device_statistics_match_numpy_stats(device: str, arrays: list[n
 
 
 @pytest.mark.parametrize("device", ["cpu", _CUDA])
-def test_batched_device_statistics_of_half_precision_bool_and_empty_tensors(device: str) -> None:
+def test_batched_device_statistics_of_large_half_precision_bool_and_empty_tensors(device: str) -> None:
+    """Tensors of several reduction rows (a NaN and an Inf in different rows), float16 and
+    bfloat16 (reduced in float32), booleans, empty and 0-d tensors, dtypes interleaved."""
     rng = np.random.default_rng(0)
+    big = rng.normal(size=3 * ROW + 7).astype(np.float32)
+    big[5], big[2 * ROW + 1] = np.nan, np.inf
     f32 = rng.normal(size=(7, 5)).astype(np.float32)
-    tensors = [torch.from_numpy(f32).to(torch.bfloat16), torch.arange(-3, 9), torch.zeros(0),
-               torch.from_numpy(f32).half(), torch.tensor([True, False, True]), torch.tensor(float("nan"))]
-    want = [F.numpy_stats(tensors[0].float().numpy()), F.numpy_stats(np.arange(-3, 9)), F.numpy_stats(np.zeros(0)),
-            F.numpy_stats(tensors[3].float().numpy()), F.numpy_stats(np.array([1, 0, 1])), F.numpy_stats(np.array(np.nan))]
+    tensors = [torch.from_numpy(f32).to(torch.bfloat16), torch.arange(-3, 9), torch.from_numpy(big), torch.zeros(0),
+               torch.from_numpy(f32).half(), torch.tensor([True, False, True]), torch.tensor(float("nan")),
+               torch.from_numpy(big[:ROW].astype(np.float64))]
+    want = [F.numpy_stats(tensors[0].float().numpy()), F.numpy_stats(np.arange(-3, 9)), F.numpy_stats(big),
+            F.numpy_stats(np.zeros(0)), F.numpy_stats(tensors[4].float().numpy()), F.numpy_stats(np.array([1, 0, 1])),
+            F.numpy_stats(np.array(np.nan)), F.numpy_stats(big[:ROW].astype(np.float64))]
     got = batched_device_stats([t.to(device) for t in tensors]).cpu().numpy()
     for row, w in zip(got, want, strict=True):
         assert_stats_equal(finish_device_stats(row.copy()), w, rtol=1e-5)
