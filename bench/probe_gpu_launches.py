@@ -3,7 +3,8 @@
 Trains the benchmark's MLP (batch 64) on CUDA without a hook and with the default capture,
 under ``torch.profiler`` (CPU activity only), and prints per step: the CUDA kernel launches
 (``cudaLaunchKernel`` and friends), the host time of the step and the device synchronisations
-(``cudaStreamSynchronize``, ``cudaDeviceSynchronize``) the training thread made.
+(``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``) the training
+thread made (the thread that launched the most kernels), then these calls per step by thread.
 
 Usage (on a machine with a GPU)::
 
@@ -27,7 +28,7 @@ from trainaudit.capture import TorchHook
 STEPS = 20
 
 
-def measure(uri: str | None) -> tuple[float, float, float]:
+def measure(uri: str | None) -> tuple[float, float, float, str]:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = mlp().to(dev)
@@ -54,17 +55,30 @@ def measure(uri: str | None) -> tuple[float, float, float]:
         hook.close()
     # CUDA runtime calls per thread; the training thread is the one that launched the most.
     per_thread: dict[int, dict[str, int]] = {}
+    callers: dict[str, int] = {}  # which operations the synchronising calls ran inside
     for ev in prof.events():
         if ev.name.startswith("cuda"):
             counts = per_thread.setdefault(ev.thread, {})
             counts[ev.name] = counts.get(ev.name, 0) + 1
+            if "ynchron" in ev.name:
+                chain, parent = [], getattr(ev, "cpu_parent", None)
+                while parent is not None and len(chain) < 4:
+                    chain.append(parent.name)
+                    parent = getattr(parent, "cpu_parent", None)
+                key = f"{ev.name} (thread {ev.thread}) in " + (" < ".join(chain) or "?")
+                callers[key] = callers.get(key, 0) + 1
+    for key, n in sorted(callers.items(), key=lambda kv: -kv[1])[:6]:
+        print(f"    {n / STEPS:.2f}/step {key}")
 
     def launches_of(c: dict[str, int]) -> int:
         return sum(n for name, n in c.items() if "Launch" in name)
 
     training = max(per_thread.values(), key=launches_of, default={})
     syncs = sum(n for name, n in training.items() if "Synchronize" in name)
-    return launches_of(training) / STEPS, 1e3 * host_s / STEPS, syncs / STEPS
+    threads = "; ".join(
+        f"thread {tid}: " + ", ".join(f"{name} {n / STEPS:.1f}" for name, n in sorted(c.items()) if "Launch" in name or "ynchron" in name)
+        for tid, c in per_thread.items())
+    return launches_of(training) / STEPS, 1e3 * host_s / STEPS, syncs / STEPS, threads
 
 
 def main() -> None:
@@ -72,9 +86,9 @@ def main() -> None:
         sys.exit("probe_gpu_launches.py needs a CUDA device")
     with tempfile.TemporaryDirectory() as d:
         for label, uri in (("no hook", None), ("defaults", os.path.join(d, "run"))):
-            launches, host_ms, syncs = measure(uri)
+            launches, host_ms, syncs, threads = measure(uri)
             print(f"{label:10s} kernel launches/step {launches:7.1f}   host ms/step {host_ms:6.2f}   "
-                  f"synchronisations/step {syncs:4.1f}", flush=True)
+                  f"synchronisations/step {syncs:4.1f}\n    per step, by thread: {threads}", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from ._torch_snapshot import ChangedInPlace, CopyPolicy, _to_numpy, scalar_stats
 
 __all__ = ["DeviceStatsBatch", "DevicePayload", "DeviceUpdatePayload", "batched_device_stats", "finish_device_stats"]
 
-#: Elements reduced by one batch at most: its temporaries (a float32 concatenation and float64
-#: terms, ~22 bytes an element) stay under ~350 MB, and references it holds to tensors autograd
-#: would have freed (eval under ``no_grad``) stay bounded. A step with more is reduced in parts.
-MAX_BATCH_ELEMENTS = 1 << 24
+#: Elements reduced by one batch at most: its temporaries (a float64 concatenation and terms,
+#: ~30 bytes an element) stay under ~250 MB, and references it holds to tensors autograd would
+#: have freed (eval under ``no_grad``) stay bounded. A step with more is reduced in parts.
+MAX_BATCH_ELEMENTS = 1 << 23
 
 _F64 = torch.float64
 
@@ -53,75 +53,60 @@ def finish_device_stats(stats: np.ndarray) -> np.ndarray:
 ROW = 2048
 
 
-class _Group:
-    """How one dtype group of a batch is laid out in rows (made once per layout, cached)."""
+class _Layout:
+    """How a batch's tensors are laid out in rows: each tensor's padding, which tensor owns
+    each row (made once per list of sizes, and cached by :class:`DeviceStatsBatch`).
 
-    __slots__ = ("dtype", "index", "pads", "row_owner", "counts", "pad_counts", "nan_pad")
+    The batch is reduced in float64: float32, float16 and bfloat16 values exactly, integers
+    exactly up to 2**53. (A float32 group for the floating tensors besides cost ~35 more
+    launches a step: on a GPU, launches are the cost, not the device's arithmetic.)
+    """
 
-    def __init__(self, dtype: torch.dtype, index: list[int], numels: list[int], device: torch.device) -> None:
-        self.dtype, self.index = dtype, index
+    __slots__ = ("pads", "row_owner", "counts", "pad_counts", "nan_pad")
+
+    def __init__(self, numels: list[int], device: torch.device) -> None:
         rows = [-(-n // ROW) for n in numels]
         self.pads = [r * ROW - n for r, n in zip(rows, numels, strict=True)]
         owner = np.repeat(np.arange(len(numels), dtype=np.int64), rows)
         self.row_owner = _to_device(torch.from_numpy(owner), device)
         self.counts = _to_device(torch.tensor(numels, dtype=_F64), device)
         self.pad_counts = _to_device(torch.tensor(self.pads, dtype=_F64), device)
-        self.nan_pad = torch.full((ROW,), math.nan, dtype=dtype, device=device)
+        self.nan_pad = torch.full((ROW,), math.nan, dtype=_F64, device=device)
 
 
-def _group_stats(tensors: Sequence[torch.Tensor], g: _Group) -> torch.Tensor:
-    """``(len(tensors), N_STATS)`` float64 statistics of the group's tensors: a reduction per
-    row, then the rows' partial results summed (or min/max-ed) into their tensors'."""
+def batched_device_stats(tensors: Sequence[torch.Tensor], layout: _Layout | None = None) -> torch.Tensor:
+    """The :data:`STAT_FIELDS` of each tensor (all on one device) as one ``(len(tensors),
+    N_STATS)`` float64 tensor on that device, launched asynchronously: about 30 kernels whatever
+    the number of tensors, and no host round trip. A reduction per row of the padded
+    concatenation, then the rows' partial results summed (or min/max-ed) into their tensors'.
+    ``layout`` is ``_Layout`` of the tensors' sizes, which a caller that sees the same tensors
+    every step caches.
+    """
+    with torch.no_grad():
+        g = layout if layout is not None else _Layout([t.numel() for t in tensors], tensors[0].device)
+        return _reduce(tensors, g)
+
+
+def _reduce(tensors: Sequence[torch.Tensor], g: _Layout) -> torch.Tensor:
     parts: list[torch.Tensor] = []
     for t, pad in zip(tensors, g.pads, strict=True):
         parts.append(t.reshape(-1))
         if pad:
             parts.append(g.nan_pad[:pad])
-    x = torch.cat(parts).to(g.dtype).view(-1, ROW)  # (cat promotes float16/bfloat16/ints)
+    x = torch.cat(parts).to(_F64).view(-1, ROW)  # (cat promotes float16, bfloat16, integers)
     finite = torch.isfinite(x)
-    fin = torch.where(finite, x, 0.0).to(_F64)
-    partial = torch.stack([
-        torch.isnan(x).sum(1, dtype=_F64),  # includes the padding, taken off below
-        (x == math.inf).sum(1, dtype=_F64),
-        (x == -math.inf).sum(1, dtype=_F64),
-        (x == 0).sum(1, dtype=_F64),
-        fin.sum(1),
-        (fin * fin).sum(1),
-        fin.abs().sum(1),
-    ], dim=1)
+    fin = torch.where(finite, x, 0.0)
+    # nan (with the padding, taken off below), +inf, -inf, zero: one reduction for the four
+    counts = torch.stack([torch.isnan(x), x == math.inf, x == -math.inf, x == 0], dim=2).sum(1, dtype=_F64)
+    partial = torch.cat([counts, torch.stack([fin.sum(1), (fin * fin).sum(1), fin.abs().sum(1)], dim=1)], dim=1)
     k = len(tensors)
     sums = torch.zeros((k, 7), dtype=_F64, device=x.device).index_add_(0, g.row_owner, partial)
     mins = torch.full((k,), math.inf, dtype=_F64, device=x.device).scatter_reduce_(
-        0, g.row_owner, torch.where(finite, x, math.inf).amin(1).to(_F64), "amin")
+        0, g.row_owner, torch.where(finite, x, math.inf).amin(1), "amin")
     maxs = torch.full((k,), -math.inf, dtype=_F64, device=x.device).scatter_reduce_(
-        0, g.row_owner, torch.where(finite, x, -math.inf).amax(1).to(_F64), "amax")
+        0, g.row_owner, torch.where(finite, x, -math.inf).amax(1), "amax")
     return torch.stack([g.counts, sums[:, 0] - g.pad_counts, sums[:, 1], sums[:, 2], sums[:, 3], mins, maxs,
                         sums[:, 4], sums[:, 5], sums[:, 6]], dim=1)
-
-
-def _layout(tensors: Sequence[torch.Tensor]) -> list[_Group]:
-    """Floating tensors other than float64 are reduced in float32 (float16 and bfloat16
-    exactly); float64, integer and boolean tensors in float64 (integers exactly to 2**53)."""
-    narrow = [i for i, t in enumerate(tensors) if t.is_floating_point() and t.dtype != _F64]
-    wide = [i for i, t in enumerate(tensors) if not (t.is_floating_point() and t.dtype != _F64)]
-    device = tensors[0].device
-    return [_Group(dt, idx, [tensors[i].numel() for i in idx], device)
-            for dt, idx in ((torch.float32, narrow), (_F64, wide)) if idx]
-
-
-def batched_device_stats(tensors: Sequence[torch.Tensor], layout: list[_Group] | None = None) -> torch.Tensor:
-    """The :data:`STAT_FIELDS` of each tensor (all on one device) as one ``(len(tensors),
-    N_STATS)`` float64 tensor on that device, launched asynchronously: about 30 kernels per
-    dtype group whatever the number of tensors, and no host round trip. ``layout`` is
-    :func:`_layout` of the tensors, which a caller that sees the same tensors every step caches."""
-    with torch.no_grad():
-        groups = layout if layout is not None else _layout(tensors)
-        out = [_group_stats([tensors[i] for i in g.index], g) for g in groups]
-        stats = torch.cat(out) if len(out) > 1 else out[0]
-        order = [i for g in groups for i in g.index]
-        if order != sorted(order):
-            stats = stats[_to_device(torch.tensor(np.argsort(order), dtype=torch.int64), stats.device)]
-        return stats
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -219,7 +204,7 @@ class DeviceStatsBatch:
     def __init__(self) -> None:
         self.pending: list[DevicePayload] = []
         self.elements = 0
-        self._layouts: dict[tuple[Any, ...], list[_Group]] = {}
+        self._layouts: dict[tuple[Any, ...], _Layout] = {}
 
     def add(self, payload: DevicePayload) -> None:
         assert payload.tensor is not None
@@ -248,13 +233,7 @@ class DeviceStatsBatch:
 
     def _launch_one(self, device: torch.device, payloads: list[DevicePayload]) -> None:
         tensors: list[torch.Tensor] = [p.tensor for p in payloads]  # type: ignore[misc]
-        layout = self._cached_layout(device, tensors)
-        # In group order, so that the rows come back in the payloads' order with no gather.
-        order = [i for g in layout for i in g.index]
-        if order != sorted(order):
-            payloads, tensors = [payloads[i] for i in order], [tensors[i] for i in order]
-            layout = self._cached_layout(device, tensors)
-        stats = batched_device_stats(tensors, layout)
+        stats = batched_device_stats(tensors, self._cached_layout(device, tensors))
         host = torch.empty(stats.shape, dtype=_F64, pin_memory=True)
         host.copy_(stats, non_blocking=True)
         event = torch.cuda.Event()
@@ -263,13 +242,14 @@ class DeviceStatsBatch:
         for row, p in enumerate(payloads):
             p.result, p.row, p.tensor = result, row, None
 
-    def _cached_layout(self, device: torch.device, tensors: Sequence[torch.Tensor]) -> list[_Group]:
-        """A training loop repeats a few layouts (dtypes and sizes of a step's tensors): each
-        is made, and its row owners copied to the device, once."""
-        key = (device, *((t.dtype, t.numel()) for t in tensors))
+    def _cached_layout(self, device: torch.device, tensors: Sequence[torch.Tensor]) -> _Layout:
+        """A training loop repeats a few layouts (the sizes of a step's tensors): each is
+        made, and its row owners copied to the device, once."""
+        numels = [t.numel() for t in tensors]
+        key = (device, *numels)
         layout = self._layouts.get(key)
         if layout is None:
             if len(self._layouts) >= 64:
                 self._layouts.clear()
-            layout = self._layouts[key] = _layout(tensors)
+            layout = self._layouts[key] = _Layout(numels, device)
         return layout

@@ -130,7 +130,7 @@ def test_batched_device_statistics_match_numpy_stats(device: str, arrays: list[n
 @pytest.mark.parametrize("device", ["cpu", _CUDA])
 def test_batched_device_statistics_of_large_half_precision_bool_and_empty_tensors(device: str) -> None:
     """Tensors of several reduction rows (a NaN and an Inf in different rows), float16 and
-    bfloat16 (reduced in float32), booleans, empty and 0-d tensors, dtypes interleaved."""
+    bfloat16, booleans, integers, empty and 0-d tensors, float64, side by side in one batch."""
     rng = np.random.default_rng(0)
     big = rng.normal(size=3 * ROW + 7).astype(np.float32)
     big[5], big[2 * ROW + 1] = np.nan, np.inf
