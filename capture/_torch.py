@@ -6,9 +6,8 @@ counters (``_torch_snapshot``: a name whose tensors are changed in place is copi
 weights, which the optimizer changes in place, are copied by a helper thread while the next
 step's forward pass runs (``_torch_params``). On CUDA: a step's tensors are reduced together
 by a few dozen asynchronous kernels (``_torch_device``) and, when full values are due, copied
-asynchronously into pinned host memory. Statistics,
-numpy conversion and store I/O all happen on the writer thread. No ``.cpu()`` and no device
-synchronisation happen on the training thread.
+asynchronously into pinned host memory. Statistics, numpy conversion and store I/O all happen
+on the writer thread. No ``.cpu()`` and no device synchronisation happen on the training thread.
 
 Steps and modes:
 
@@ -373,10 +372,8 @@ class TorchHook:
                     self._probes_new.append((policy, t, t._version))
                 else:
                     how = "ref"
-        if t.is_cuda:
+        if t.is_cuda or payload_type is TorchPayload:
             payload: Any = self._shared_payload(t, values_due, how or "copy", policy)
-        elif payload_type is TorchPayload:
-            payload = self._shared_payload(t, values_due, how or "copy", policy)
         else:  # a payload that transforms the tensor is its own, never shared
             payload = payload_type(t, how=how or "copy", policy=policy)
         self.recorder.add(slot.name, slot.collection, payload, values=values_due, meta=slot.meta)
@@ -399,7 +396,9 @@ class TorchHook:
             self._step_stamp = stamp
         key = (id(t), t._version)
         payload = self._step_payloads.get(key)
-        if payload is None:
+        if payload is None or payload.tensor is not t:
+            # (A CUDA payload lets go of its tensor once its batch is reduced, which can happen
+            # mid-step: then the id may be another tensor's already.)
             payload = self._step_payloads[key] = self._new_payload(t, values, how, policy)
         elif values and isinstance(payload, DevicePayload):
             payload.want_values()  # the first name did not want the values, this one does
