@@ -2,8 +2,11 @@
 at the default capture configuration.
 
 Wraps the hook methods with ``time.thread_time`` (CPU of the calling thread only: waiting for
-the GIL does not count), trains 200 warm-up steps, then measures ``--steps`` steps. This is
-the probe behind the hooks' milliseconds quoted in docs/BENCHMARKS.md and docs/CAPTURE.md.
+the GIL does not count) and ``time.perf_counter`` (wall: the difference is time spent waiting,
+mostly for the GIL), trains 200 warm-up steps, then measures ``--steps`` steps; also prints the
+CPU time per step of every thread of the process (the writer, the weight copier, zarr's I/O
+threads). This is the probe behind the hooks' and threads' milliseconds quoted in
+docs/BENCHMARKS.md and docs/CAPTURE.md.
 
 Usage::
 
@@ -17,6 +20,7 @@ import collections
 import functools
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,16 +42,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args()
     cpu_ns: collections.Counter[str] = collections.Counter()
+    wall_ns: collections.Counter[str] = collections.Counter()
 
     def timed(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
         def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.thread_time_ns()
+            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
             try:
                 return f(*a, **k)
             finally:
-                cpu_ns[name] += time.thread_time_ns() - t0
+                cpu_ns[name] += time.thread_time_ns() - c0
+                wall_ns[name] += time.perf_counter_ns() - t0
         return wrapper
+
+    def thread_cpu() -> dict[str, float]:
+        out = {}
+        for th in threading.enumerate():
+            if th.ident is not None and th.is_alive():
+                try:
+                    out[th.name] = time.clock_gettime(time.pthread_getcpuclockid(th.ident))
+                except OSError:  # the thread ended meanwhile
+                    pass
+        return out
 
     for name in HOOKS:
         setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
@@ -58,16 +74,24 @@ def main() -> None:
             training.step()
         hook.flush()
         cpu_ns.clear()
+        wall_ns.clear()
+        threads0 = thread_cpu()
         t0, c0 = time.perf_counter(), time.thread_time()
         for _ in range(args.steps):
             training.step()
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        hook.flush()  # the writer's work for these steps, done
+        threads1 = thread_cpu()
         hook.close()
     n = args.steps
     print(f"step: {1e3 * wall / n:.2f} ms wall, {1e3 * cpu / n:.2f} ms CPU of the training thread")
     for name, ns in cpu_ns.most_common():
-        print(f"  {name:24s} {ns / n / 1e3:7.1f} us CPU per step")
-    print(f"  {'all hooks':24s} {sum(cpu_ns.values()) / n / 1e3:7.1f} us CPU per step")
+        print(f"  {name:24s} {ns / n / 1e3:7.1f} us CPU, {wall_ns[name] / n / 1e3:7.1f} us wall per step")
+    print(f"  {'all hooks':24s} {sum(cpu_ns.values()) / n / 1e3:7.1f} us CPU, {sum(wall_ns.values()) / n / 1e3:7.1f} us wall per step")
+    print("CPU per step by thread (the measured steps and the flush after them):")
+    for name in threads1:
+        if name in threads0:
+            print(f"  {name:40s} {1e3 * (threads1[name] - threads0[name]) / n:6.2f} ms")
 
 
 if __name__ == "__main__":
