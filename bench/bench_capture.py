@@ -195,14 +195,7 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
                 flush_s += time.perf_counter() - t0
         i += block
         round_ratios.append(medians[True] / medians[False])
-    size, dropped, steps, tensors = 0, 0, 0, 0
-    if hook is not None:
-        hook.close()
-        run = open_run(uri)
-        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
-        dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
-        steps, tensors = run.committed_steps(), len(run.tensors())
-        shutil.rmtree(uri, ignore_errors=True)
+    size, dropped, steps, tensors = close_and_measure(hook, uri)
     return Result(
         model=model_name, config=config_name,
         base_median_ms=1e3 * statistics.median(base), cap_median_ms=1e3 * statistics.median(cap),
@@ -210,6 +203,20 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
         flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
         tensors=tensors, dropped=dropped,
     )
+
+
+def close_and_measure(hook: TorchHook | None, uri: str) -> tuple[int, int, int, int]:
+    """Close ``hook`` and measure its run: (bytes on disk, dropped steps, committed steps,
+    tensors); then delete the run. All zero without a hook."""
+    if hook is None:
+        return 0, 0, 0, 0
+    hook.close()
+    run = open_run(uri)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
+    dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
+    steps, tensors = run.committed_steps(), len(run.tensors())
+    shutil.rmtree(uri, ignore_errors=True)
+    return size, dropped, steps, tensors
 
 
 def table(results: list[Result]) -> str:

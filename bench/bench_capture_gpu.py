@@ -22,7 +22,6 @@ import datetime
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -30,10 +29,10 @@ import time
 
 import torch
 from _sections import write_section  # (bench/ is on sys.path: run as a script)
-from bench_capture import CONFIGS, MODELS, Result, table
+from bench_capture import CONFIGS, MODELS, Result, close_and_measure, table
 from torch import nn
 
-from trainaudit.capture import TorchHook, open_run
+from trainaudit.capture import TorchHook
 
 SECTION = "## Capture on a GPU"
 
@@ -82,14 +81,7 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
                 hook.flush()
                 flush_s += time.perf_counter() - t0
         round_ratios.append(per_step[True] / per_step[False])
-    size, dropped, steps, tensors = 0, 0, 0, 0
-    if hook is not None:
-        hook.close()
-        run = open_run(uri)
-        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(uri) for f in fs)
-        dropped = sum(b - a + 1 for rec in run.lost.values() for a, b in rec["dropped_steps"])
-        steps, tensors = run.committed_steps(), len(run.tensors())
-        shutil.rmtree(uri, ignore_errors=True)
+    size, dropped, steps, tensors = close_and_measure(hook, uri)
     # A block's mean step is the only per-step time a GPU gives: "median" and "mean" columns
     # are the median and the mean over blocks of it.
     return Result(
