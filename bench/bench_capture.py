@@ -177,24 +177,10 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
         step(cap_model, i)
     if hook is not None:
         hook.flush()
-    base: list[float] = []
-    cap: list[float] = []
-    round_ratios: list[float] = []
-    flush_s = 0.0
-    i = 0
-    for r in range(rounds):
-        first, second = (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model)
-        medians = {}
-        for m in (first, second):
-            times = [step(m, i + k) for k in range(block)]
-            (cap if m is cap_model else base).extend(times)
-            medians[m is cap_model] = statistics.median(times)
-            if m is cap_model and hook is not None:
-                t0 = time.perf_counter()
-                hook.flush()
-                flush_s += time.perf_counter() - t0
-        i += block
-        round_ratios.append(medians[True] / medians[False])
+    def run_block(m: nn.Module, r: int) -> list[float]:
+        return [step(m, r * block + k) for k in range(block)]
+
+    base, cap, round_ratios, flush_s = alternate(base_model, cap_model, hook, rounds, run_block)
     size, dropped, steps, tensors = close_and_measure(hook, uri)
     return Result(
         model=model_name, config=config_name,
@@ -203,6 +189,33 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
         flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
         tensors=tensors, dropped=dropped,
     )
+
+
+def alternate(base_model: nn.Module, cap_model: nn.Module, hook: TorchHook | None, rounds: int,
+              run_block: Callable[[nn.Module, int], list[float]]) -> tuple[list[float], list[float], list[float], float]:
+    """Run ``rounds`` rounds of one block per model, the order swapped every round.
+
+    ``run_block(model, round)`` returns the block's step times (seconds). The writer is flushed
+    after each captured block, outside the timed region. Returns the step times without and
+    with capture, each round's ratio of the two blocks' medians, and the seconds spent flushing.
+    """
+    base: list[float] = []
+    cap: list[float] = []
+    round_ratios: list[float] = []
+    flush_s = 0.0
+    for r in range(rounds):
+        first, second = (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model)
+        medians = {}
+        for m in (first, second):
+            times = run_block(m, r)
+            (cap if m is cap_model else base).extend(times)
+            medians[m is cap_model] = statistics.median(times)
+            if m is cap_model and hook is not None:
+                t0 = time.perf_counter()
+                hook.flush()
+                flush_s += time.perf_counter() - t0
+        round_ratios.append(medians[True] / medians[False])
+    return base, cap, round_ratios, flush_s
 
 
 def close_and_measure(hook: TorchHook | None, uri: str) -> tuple[int, int, int, int]:

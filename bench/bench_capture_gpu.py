@@ -29,7 +29,7 @@ import time
 
 import torch
 from _sections import write_section  # (bench/ is on sys.path: run as a script)
-from bench_capture import CONFIGS, MODELS, Result, close_and_measure, table
+from bench_capture import CONFIGS, MODELS, Result, alternate, close_and_measure, table
 from torch import nn
 
 from trainaudit.capture import TorchHook
@@ -66,21 +66,8 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
     run_block(cap_model, 0)
     if hook is not None:
         hook.flush()
-    base: list[float] = []
-    cap: list[float] = []
-    round_ratios: list[float] = []
-    flush_s = 0.0
-    for r in range(rounds):
-        first, second = (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model)
-        per_step = {}
-        for m in (first, second):
-            per_step[m is cap_model] = run_block(m, r * block)
-            (cap if m is cap_model else base).append(per_step[m is cap_model])
-            if m is cap_model and hook is not None:
-                t0 = time.perf_counter()
-                hook.flush()
-                flush_s += time.perf_counter() - t0
-        round_ratios.append(per_step[True] / per_step[False])
+    # One "time" per block: a GPU step has no wall time of its own.
+    base, cap, round_ratios, flush_s = alternate(base_model, cap_model, hook, rounds, lambda m, r: [run_block(m, r * block)])
     size, dropped, steps, tensors = close_and_measure(hook, uri)
     # A block's mean step is the only per-step time a GPU gives: "median" and "mean" columns
     # are the median and the mean over blocks of it.
