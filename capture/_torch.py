@@ -178,6 +178,8 @@ class TorchHook:
         self._policies: dict[str, CopyPolicy] = {}
         # (global step, mode) -> {collection: (stats due, values due)}, for the current step only.
         self._due_step: tuple[int, str] | None = None
+        self._due_global_step = -1
+        self._due_mode = ""
         self._due_cache: dict[str, tuple[bool, bool]] = {}
         # Copied tensors whose originals are watched for in-place changes (see CopyPolicy):
         # those captured before the last forward pass began, and those since.
@@ -332,7 +334,8 @@ class TorchHook:
     def _due(self, collection: str) -> tuple[bool, bool]:
         """``(stats, values)`` due for ``collection`` at the current step (computed once a step)."""
         rec = self.recorder
-        if self._due_step is None or self._due_step[0] != rec.global_step or self._due_step[1] != rec.mode:
+        if rec.global_step != self._due_global_step or rec.mode != self._due_mode:  # (the hooks call
+            self._due_global_step, self._due_mode = rec.global_step, rec.mode  # this ~40 times a step)
             self._due_step = (rec.global_step, rec.mode)
             self._due_cache = {}
         due = self._due_cache.get(collection)
@@ -556,13 +559,15 @@ class TorchHook:
             step = rec.mode_step  # train steps are consecutive even with evals between
             copies = self._copier.take(step)
             grads_due = self._due("gradients")
+            value_due = {"weights": self._due("weights"), "biases": self._due("biases")}
+            updates_due = self._due("updates")
             batch = ParameterBatch()
             for ps in self._param_slots:
                 grad = ps.param.grad
                 if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
                     self._add_gradient(batch, ps, grad, grads_due[1])
-                if ps.value.wanted:
-                    self._add_weight(batch, ps, step, copies.get(ps.pname))
+                if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
+                    self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
             if batch.entries:
                 rec.add(PARAMETER_BATCH, "other", batch, values=False)
         except Exception as exc:
@@ -618,13 +623,11 @@ class TorchHook:
             return True
         return False
 
-    def _add_weight(self, batch: ParameterBatch, ps: _ParamSlots, step: int, copy: ParameterCopy | None) -> None:
+    def _add_weight(self, batch: ParameterBatch, ps: _ParamSlots, step: int, copy: ParameterCopy | None,
+                    values_due: bool, update_due: tuple[bool, bool]) -> None:
         """A parameter (and its update norm), from the helper thread's ``copy`` when there is
-        one, else from a copy made now."""
+        one, else from a copy made now. Its collection is due at this step."""
         slot = ps.value
-        stats_due, values_due = self._due(slot.collection)
-        if not (stats_due or values_due):
-            return
         snapshot: torch.Tensor | None
         p = ps.param
         if p.is_cuda:  # statistics from the step's device batch; a device copy to diff against
@@ -642,10 +645,7 @@ class TorchHook:
             return
         prev = self._prev_weights.get(ps.pname)
         self._prev_weights[ps.pname] = (step, snapshot)
-        if prev is None or prev[0] != step - 1 or not ps.update.wanted:
-            return
-        update_due = self._due("updates")
-        if update_due is _NOT_DUE:
+        if prev is None or prev[0] != step - 1 or not ps.update.wanted or update_due is _NOT_DUE:
             return
         update = ps.update
         if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
@@ -668,10 +668,11 @@ class TorchHook:
         # After end_step() the recorder stands at the next train step: _due() answers for it.
         step = self.recorder.mode_step
         updates_due = self._due("updates") is not _NOT_DUE
+        value_due = {"weights": self._due("weights") is not _NOT_DUE, "biases": self._due("biases") is not _NOT_DUE}
         due: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
         for ps in self._param_slots:
             p = ps.param
-            if not ps.value.wanted or p.is_cuda or self._due(ps.value.collection) is _NOT_DUE:
+            if not ps.value.wanted or not value_due[ps.value.collection] or p.is_cuda:
                 continue  # (device snapshots are asynchronous already)
             prev = self._prev_weights.get(ps.pname)
             with_prev = prev is not None and prev[0] == step - 1 and updates_due and ps.update.wanted

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import _format as F
-from ._compat import abs_sum_f32, diff_sumsq, fast_stats
+from ._compat import HAS_FAST_STATS, abs_sum_f32, diff_sumsq, fast_stats
 
 __all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
            "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
@@ -74,8 +74,10 @@ def torch_stats(t: torch.Tensor) -> np.ndarray:
     ~1.6 ms for 2.4M floats on one core) and a tensor with a NaN or Inf numpy's masked path.
     """
     if not t.is_floating_point():
-        return F.numpy_stats(t.numpy())
-    if t.dtype not in _FLOATS:  # float16 / bfloat16: exact in float32
+        if not HAS_FAST_STATS or t.is_complex():
+            return F.numpy_stats(t.numpy())  # (which refuses complex tensors)
+        t = _integers_as_float64(t)
+    elif t.dtype not in _FLOATS:  # float16 / bfloat16: exact in float32
         t = t.float()
     a = t.reshape(-1).contiguous()
     fast = fast_stats(a.numpy())
@@ -104,6 +106,16 @@ def torch_stats(t: torch.Tensor) -> np.ndarray:
     out[F.STAT["sumsq"]] = sumsq
     out[F.STAT["l1"]] = abs_sum_f32(arr)
     return out
+
+
+def _integers_as_float64(t: torch.Tensor) -> torch.Tensor:
+    """An integer or bool tensor as a flat float64 one, for the C statistics pass.
+
+    ``numpy_stats`` measures integers in float64 too, so the statistics are the same; the
+    point is speed: numpy's path is a dozen calls of Python per tensor, and the writer pays for
+    them holding the GIL that the training thread waits for (labels, predictions and tokens
+    are captured every step)."""
+    return t.reshape(-1).to(torch.float64)
 
 
 def _to_numpy(t: torch.Tensor, *, copy: bool = False) -> np.ndarray:
@@ -151,9 +163,13 @@ class TorchPayload:
         compute them with every other tensor of the step in one call; None when they are
         known already or the dtype is another."""
         t = self.tensor
-        if self._stats is not None or t is None or t.dtype not in _FLOATS or not t.is_contiguous():
+        if self._stats is not None or t is None:
             return None
-        return t.detach().numpy()
+        if t.dtype in _FLOATS:
+            return t.detach().numpy() if t.is_contiguous() else None
+        if HAS_FAST_STATS and not t.is_floating_point() and not t.is_complex():
+            return _integers_as_float64(t.detach()).numpy()
+        return None
 
     def set_stats(self, stats: Sequence[float] | np.ndarray) -> None:
         """Statistics measured already (by the parameter copier's pass): the writer uses them."""
@@ -176,19 +192,30 @@ class ArgmaxPayload(TorchPayload):
     """Class ids (argmax over dimension 1) of a CPU tensor of scores, taken on the writer
     thread: the predictions collection costs the training thread no operation of its own."""
 
-    __slots__ = ()
+    __slots__ = ("_preds",)
+
+    def _class_ids(self) -> torch.Tensor:
+        preds = getattr(self, "_preds", None)
+        if preds is None:
+            assert self.tensor is not None
+            preds = self._preds = self.tensor.detach().argmax(dim=1)
+        return preds
 
     def stats_buffer(self) -> np.ndarray | None:
-        return None  # the statistics are those of the class ids, computed in resolve()
+        # The statistics are those of the class ids: taken here, they join the step's one C call.
+        if self._stats is not None or not HAS_FAST_STATS:
+            return None
+        return _integers_as_float64(self._class_ids()).numpy()
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         assert self.tensor is not None
-        preds = self.tensor.detach().argmax(dim=1)
+        preds = self._class_ids()
         if self.version is not None and self.tensor._version != self.version:
             if self.policy is not None:
                 self.policy.copy = True
             raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
-        return torch_stats(preds), (preds.numpy() if want_values else None)
+        stats = self._stats if self._stats is not None else torch_stats(preds)
+        return stats, (preds.numpy() if want_values else None)
 
 
 class ScalarPayload:
