@@ -613,21 +613,36 @@ class RunWriter:
             return
         self._sync_capacities()
         stat_blocks: list[np.ndarray] = []
-        stat_index: list[tuple[int, int]] = []
+        index_blocks: list[np.ndarray] = []
         per_tensor_values: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         counted: dict[str, int] = {}
+        # Consecutive steps mostly hold the same tensors: their indices are looked up once per
+        # run of equal name lists, not once per tensor and step (a flush of a thousand steps of
+        # forty tensors would otherwise spend tens of milliseconds here, holding the GIL).
+        runs: list[tuple[list[str], int]] = []  # (names, steps in a row holding them)
+        indices_of_run = np.empty(0, dtype=np.int64)
         for i, resolved in enumerate(batch):
             stat_blocks.append(resolved.stats)
-            for name in resolved.names:
-                t = self._tensor(name)
-                stat_index.append((t.index, n0 + i))
-                counted[name] = counted.get(name, 0) + 1
+            names = resolved.names
+            if runs and names == runs[-1][0]:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((names, 1))
+                indices_of_run = np.array([self._tensor(name).index for name in names], dtype=np.int64)
+            block = np.empty((len(names), 2), dtype=np.int64)
+            block[:, 0] = indices_of_run
+            block[:, 1] = n0 + i
+            index_blocks.append(block)
             for name, values in resolved.values:
                 acc = per_tensor_values.setdefault(name, ([], []))
                 acc[0].append(n0 + i)
                 acc[1].append(values)
         values_in = {name: self._valid_values(self._tensors[name], *acc) for name, acc in per_tensor_values.items()}
         values_in = {name: v for name, v in values_in.items() if v[0]}
+        for names, steps in runs:
+            for name in names:
+                counted[name] = counted.get(name, 0) + steps
+        stat_index = np.concatenate(index_blocks) if index_blocks else np.empty((0, 2), dtype=np.int64)
         m = len(stat_index)
         # Phase 1: create the value arrays of tensors whose values appear for the first time.
         _gather([self._create_values(self._tensors[name], vals) for name, (_, vals) in values_in.items()
@@ -645,7 +660,7 @@ class RunWriter:
         ]
         if m:
             writes.append(self._stats_arr.setitem(slice(m0, m0 + m), np.concatenate(stat_blocks)))
-            writes.append(self._stats_index.setitem(slice(m0, m0 + m), np.array(stat_index, dtype=np.int64)))
+            writes.append(self._stats_index.setitem(slice(m0, m0 + m), stat_index))
         for name, (vrows, vals) in values_in.items():
             writes += self._value_writes(self._tensors[name], vrows, vals)
         _gather(writes)

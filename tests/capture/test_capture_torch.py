@@ -555,9 +555,10 @@ def test_a_tensor_changed_in_place_later_is_never_stored_wrong(local_dir: str) -
 @pytest.mark.parametrize("loss_module", [True, False], ids=["loss-module", "functional-loss"])
 def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, loss_module: bool, device: str) -> None:
     """The hook holds each step back until the next backward pass begins (the writer's
-    Python work then overlaps autograd, which runs without the GIL): at the registered loss
-    module's call, else when autograd reaches the model's output; or at the end of a forward
-    pass no backward follows. flush() and close() hand over the rest."""
+    Python work then overlaps autograd, which runs without the GIL): when autograd starts on
+    the registered loss module's output, else when it reaches the model's output; or at the
+    end of a forward pass no backward follows or none is expected (eval mode). flush() and
+    close() hand over the rest."""
     torch.manual_seed(2)
     model = mlp(nn.ReLU).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -578,7 +579,7 @@ def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, lo
         out = model(x)
         assert writer.holding_steps
         loss = loss_of(out)
-        assert writer.holding_steps == (not loss_module)  # with a loss module: released at its call
+        assert writer.holding_steps  # (with a loss module too: not before backward() starts)
         loss.backward()
         assert not writer.holding_steps  # released as backward began
         opt.step()
@@ -590,9 +591,13 @@ def test_steps_reach_the_writer_when_the_next_backward_begins(local_dir: str, lo
         loss_of(model(x)).backward()
         opt.step()
         assert writer.holding_steps
+        model.eval()
+        loss_of(model(x))  # an eval pass that left gradients on: no backward is expected
+        assert not writer.holding_steps
+        model.train()
         hook.flush()
         assert not writer.holding_steps
-        assert open_run(uri).committed_steps() == 3
+        assert open_run(uri).committed_steps() == 4  # three train steps, one eval step
 
 
 def test_a_registered_loss_module_that_is_not_called_does_not_hold_steps_back(local_dir: str) -> None:
