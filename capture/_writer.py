@@ -193,7 +193,7 @@ def cyclic_gc_paused() -> Iterator[None]:
     runs meanwhile finds them alive and promotes them, and once enough objects have been
     promoted CPython runs a full collection over every object of the process, torch's and the
     user's included: measured on the benchmark's MLP, one of ~280 ms every ~1000 steps, holding
-    the GIL that training waits for (0.3 ms a step on average; 0.01 ms with the pause). The
+    the GIL that training waits for (0.34 ms a step on average; 0.015 ms with the pause). The
     pause is process-wide, so it is kept to the store operations (an attempt against an
     unreachable S3 endpoint can last until its timeout, not through the retries' waits), and a
     collector the program disabled itself stays disabled.
