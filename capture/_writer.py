@@ -183,7 +183,6 @@ def _register_exit_hook() -> None:
 _register_exit_hook()
 
 
-
 @contextlib.contextmanager
 def cyclic_gc_paused() -> Iterator[None]:
     """Pause CPython's cyclic garbage collector while the writer works on the store (each
@@ -206,6 +205,7 @@ def cyclic_gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
 
 class RunWriter:
     """Owns one rank's group of a run; all store I/O happens on its thread.
