@@ -5,7 +5,8 @@ default configuration), alternating blocks of 25 steps, and prints per arm the m
 training-thread CPU time of each phase of a step: ``zero_grad`` + forward + loss, ``backward()``,
 ``optimizer.step()`` (with the hook's pre- and post-hooks). Wall minus CPU is time the training
 thread did not run: waiting for the GIL, mostly. Also counts CPython's cyclic garbage
-collections by thread and generation over the measured steps.
+collections by thread and generation over the measured steps, with their time (a collection
+holds the GIL: whichever thread runs it, training waits).
 
 This is the probe behind the per-phase numbers in docs/BENCHMARKS.md; the overhead target
 itself is measured by ``bench_capture.py``.
@@ -57,10 +58,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     collections_run: collections.Counter[tuple[str, int]] = collections.Counter()
+    collection_seconds: collections.Counter[tuple[str, int]] = collections.Counter()
+    started: dict[str, float] = {}
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
+        thread = threading.current_thread().name
         if phase == "start":
-            collections_run[(threading.current_thread().name, info["generation"])] += 1
+            collections_run[(thread, info["generation"])] += 1
+            started[thread] = time.perf_counter()
+        elif thread in started:
+            collection_seconds[(thread, info["generation"])] += time.perf_counter() - started.pop(thread)
 
     with tempfile.TemporaryDirectory() as tmp:
         plain, captured = MLPTraining.make(), MLPTraining.make()
@@ -83,8 +90,12 @@ def main() -> None:
         phases = ", ".join(f"{p} {w:.2f} ({c:.2f})" for p, w, c in zip(PHASES, med[:3], med[3:], strict=True))
         print(f"{name:>10}: ms wall (CPU): {phases}; sum {total:.2f} = {total / base:.3f}x")
     steps = args.rounds * args.block * len(arms)
-    print(f"cyclic GC collections over {steps} steps (thread, generation: count):",
-          dict(sorted(collections_run.items())) or "none")
+    print(f"cyclic GC collections over {steps} steps (both arms):")
+    for (thread, generation), n in sorted(collections_run.items()):
+        ms = 1e3 * collection_seconds[(thread, generation)]
+        print(f"  {thread:>28} generation {generation}: {n:4d}, {ms:8.1f} ms ({ms / steps:.3f} ms a step)")
+    if not collections_run:
+        print("  none")
 
 
 if __name__ == "__main__":

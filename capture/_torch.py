@@ -176,8 +176,8 @@ class TorchHook:
         self._loss_metas: dict[type, dict[str, Any]] = {}
         self._param_slots: list[_ParamSlots] = []
         self._policies: dict[str, CopyPolicy] = {}
-        # (global step, mode) -> {collection: (stats due, values due)}, for the current step only.
-        self._due_step: tuple[int, str] | None = None
+        # What holds for the current step only (reset by _due() when the step changes): each
+        # collection's (stats due, values due), and the payloads shared between names.
         self._due_global_step = -1
         self._due_mode = ""
         self._due_cache: dict[str, tuple[bool, bool]] = {}
@@ -188,7 +188,6 @@ class TorchHook:
         # One tensor captured under two names in a step (a conv's output is the next ReLU's
         # input) gets one payload, so its statistics are computed once.
         self._step_payloads: dict[tuple[Any, ...], TorchPayload | DevicePayload] = {}
-        self._step_stamp: tuple[int, str] | None = None
         self._copier = ParameterCopier(f"trainaudit-params-{self.recorder.writer.run_id}")
         # CUDA tensors are reduced a step at a time (_torch_device): before the optimizer
         # changes the weights, and whenever a step ends.
@@ -336,8 +335,8 @@ class TorchHook:
         rec = self.recorder
         if rec.global_step != self._due_global_step or rec.mode != self._due_mode:  # (the hooks call
             self._due_global_step, self._due_mode = rec.global_step, rec.mode  # this ~40 times a step)
-            self._due_step = (rec.global_step, rec.mode)
             self._due_cache = {}
+            self._step_payloads.clear()
         due = self._due_cache.get(collection)
         if due is None:
             stats_due, values_due = self.config.due(collection, rec.mode, rec.mode_step)
@@ -392,11 +391,8 @@ class TorchHook:
             return self._new_payload(t, values, how, policy)
         # Only references are shared: a reference keeps its tensor alive, so no other tensor
         # object of this step can have its id. One tensor under two names (a layer's output
-        # is the next activation's input) is the same Python object.
-        stamp = self._due_step
-        if stamp != self._step_stamp:
-            self._step_payloads.clear()
-            self._step_stamp = stamp
+        # is the next activation's input) is the same Python object. (The caller asked _due()
+        # first, which empties the payloads when a step begins.)
         key = (id(t), t._version)
         payload = self._step_payloads.get(key)
         if payload is None or payload.tensor is not t:
