@@ -18,25 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run as a script)
+from _threads import thread_cpu  # noqa: E402  (bench/ is on sys.path: run as a script)
+from bench_capture import MLPTraining  # noqa: E402
 
 from trainaudit.capture import CaptureConfig, TorchHook  # noqa: E402
-
-
-def thread_cpu() -> dict[str, float]:
-    out = {}
-    for th in threading.enumerate():
-        if th.ident is not None and th.is_alive():
-            try:
-                out[th.name] = time.clock_gettime(time.pthread_getcpuclockid(th.ident))
-            except OSError:  # the thread ended meanwhile
-                pass
-    return out
 
 
 def main() -> None:

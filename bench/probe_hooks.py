@@ -20,14 +20,14 @@ import collections
 import functools
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run as a script)
+from _threads import thread_cpu  # noqa: E402  (bench/ is on sys.path: run as a script)
+from bench_capture import MLPTraining  # noqa: E402
 
 from trainaudit.capture import TorchHook, _torch  # noqa: E402
 
@@ -54,16 +54,6 @@ def main() -> None:
                 cpu_ns[name] += time.thread_time_ns() - c0
                 wall_ns[name] += time.perf_counter_ns() - t0
         return wrapper
-
-    def thread_cpu() -> dict[str, float]:
-        out = {}
-        for th in threading.enumerate():
-            if th.ident is not None and th.is_alive():
-                try:
-                    out[th.name] = time.clock_gettime(time.pthread_getcpuclockid(th.ident))
-                except OSError:  # the thread ended meanwhile
-                    pass
-        return out
 
     for name in HOOKS:
         setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
