@@ -4,7 +4,10 @@ Trains the benchmark's MLP (batch 64) on CUDA without a hook and with the defaul
 under ``torch.profiler`` (CPU activity only), and prints per step: the CUDA kernel launches
 (``cudaLaunchKernel`` and friends), the host time of the step and the device synchronisations
 (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``) the training
-thread made (the thread that launched the most kernels), then these calls per step by thread.
+thread made (the thread that launched the most kernels), then these calls per step by thread,
+and the PyTorch operations per step that capture adds on the training thread. The writer's
+reading of a batch's result runs inside a ``trainaudit writer`` range, so a synchronisation
+the writer makes shows it among its callers.
 
 Usage (on a machine with a GPU)::
 
@@ -23,12 +26,23 @@ from bench_capture import mlp  # (bench/ is on sys.path: run as a script)
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from trainaudit.capture import TorchHook
+from trainaudit.capture import TorchHook, _torch_device
 
 STEPS = 20
 
 
-def measure(uri: str | None) -> tuple[float, float, float, str]:
+def _tag_writer_reads() -> None:
+    """Run the writer's read of a batch result inside a profiler range named after it."""
+    row = _torch_device._BatchResult.row
+
+    def tagged(self: _torch_device._BatchResult, i: int):  # type: ignore[no-untyped-def]
+        with torch.profiler.record_function("trainaudit writer"):
+            return row(self, i)
+
+    _torch_device._BatchResult.row = tagged  # type: ignore[method-assign]
+
+
+def measure(uri: str | None) -> tuple[float, float, float, str, dict[str, float]]:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = mlp().to(dev)
@@ -73,22 +87,34 @@ def measure(uri: str | None) -> tuple[float, float, float, str]:
     def launches_of(c: dict[str, int]) -> int:
         return sum(n for name, n in c.items() if "Launch" in name)
 
-    training = max(per_thread.values(), key=launches_of, default={})
+    training_id = max(per_thread, key=lambda tid: launches_of(per_thread[tid]), default=None)
+    training = per_thread.get(training_id, {}) if training_id is not None else {}
+    ops: dict[str, float] = {}
+    for ev in prof.events():
+        if ev.thread == training_id and ev.name.startswith("aten::"):
+            ops[ev.name] = ops.get(ev.name, 0.0) + 1.0 / STEPS
     syncs = sum(n for name, n in training.items() if "Synchronize" in name)
     threads = "; ".join(
         f"thread {tid}: " + ", ".join(f"{name} {n / STEPS:.1f}" for name, n in sorted(c.items()) if "Launch" in name or "ynchron" in name)
         for tid, c in per_thread.items())
-    return launches_of(training) / STEPS, 1e3 * host_s / STEPS, syncs / STEPS, threads
+    return launches_of(training) / STEPS, 1e3 * host_s / STEPS, syncs / STEPS, threads, ops
 
 
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("probe_gpu_launches.py needs a CUDA device")
+    _tag_writer_reads()
+    ops_by_arm = []
     with tempfile.TemporaryDirectory() as d:
         for label, uri in (("no hook", None), ("defaults", os.path.join(d, "run"))):
-            launches, host_ms, syncs, threads = measure(uri)
+            launches, host_ms, syncs, threads, ops = measure(uri)
+            ops_by_arm.append(ops)
             print(f"{label:10s} kernel launches/step {launches:7.1f}   host ms/step {host_ms:6.2f}   "
                   f"synchronisations/step {syncs:4.1f}\n    per step, by thread: {threads}", flush=True)
+    plain, captured = ops_by_arm
+    added = sorted(((n - plain.get(name, 0.0), name) for name, n in captured.items()), reverse=True)
+    print("operations capture adds per step on the training thread (nested ones included):")
+    print("    " + ", ".join(f"{name} {n:.1f}" for n, name in added[:16] if n > 0))
 
 
 if __name__ == "__main__":

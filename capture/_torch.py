@@ -39,7 +39,13 @@ from torch import nn
 from . import _format as F
 from ._config import CaptureConfig
 from ._recorder import Recorder
-from ._torch_device import DevicePayload, DeviceStatsBatch, DeviceUpdatePayload
+from ._torch_device import (
+    DevicePayload,
+    DeviceStatsBatch,
+    DeviceUpdatePayload,
+    parameter_differences,
+    snapshot_parameters,
+)
 from ._torch_params import ParameterCopier, ParameterCopy
 from ._torch_snapshot import (
     ArgmaxPayload,
@@ -576,12 +582,20 @@ class TorchHook:
             value_due = {"weights": self._due("weights"), "biases": self._due("biases")}
             updates_due = self._due("updates")
             batch = ParameterBatch()
+            device_updates: list[_ParamSlots] = []
             for ps in self._param_slots:
                 grad = ps.param.grad
                 if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
                     self._add_gradient(batch, ps, grad, grads_due[1])
                 if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
-                    self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
+                    if ps.param.is_cuda:
+                        self._add_device_weight(batch, ps, value_due[ps.value.collection][1])
+                        if ps.update.wanted:
+                            device_updates.append(ps)
+                    else:
+                        self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
+            if device_updates:
+                self._add_device_updates(batch, device_updates, step, updates_due)
             if batch.entries:
                 rec.add(PARAMETER_BATCH, "other", batch, values=False)
         except Exception as exc:
@@ -639,24 +653,17 @@ class TorchHook:
 
     def _add_weight(self, batch: ParameterBatch, ps: _ParamSlots, step: int, copy: ParameterCopy | None,
                     values_due: bool, update_due: tuple[bool, bool]) -> None:
-        """A parameter (and its update norm), from the helper thread's ``copy`` when there is
-        one, else from a copy made now. Its collection is due at this step."""
+        """A CPU parameter (and its update norm), from the helper thread's ``copy`` when there
+        is one, else from a copy made now. Its collection is due at this step."""
         slot = ps.value
-        snapshot: torch.Tensor | None
         p = ps.param
-        if p.is_cuda:  # statistics from the step's device batch; a device copy to diff against
-            payload: Any = DevicePayload(p, self._device_batch, values=values_due, how="ref")
-            batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
-            snapshot = p.detach().clone() if ps.update.wanted else None
-        elif copy is None:
+        if copy is None:
             payload = TorchPayload(p, how="copy")
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
             snapshot = payload.tensor  # a private copy
         else:
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "owned", copy, None))
             snapshot = copy.tensor
-        if snapshot is None:
-            return
         prev = self._prev_weights.get(ps.pname)
         self._prev_weights[ps.pname] = (step, snapshot)
         if prev is None or prev[0] != step - 1 or not ps.update.wanted or update_due is _NOT_DUE:
@@ -664,11 +671,35 @@ class TorchHook:
         update = ps.update
         if copy is not None and copy.update_sumsq is not None:  # measured by the copy pass
             batch.entries.append((update.name, "updates", update.meta, update_due[1], "scalar", math.sqrt(copy.update_sumsq), None))
-        elif p.is_cuda:
-            batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload",
-                                  DeviceUpdatePayload(snapshot, prev[1], self._device_batch), None))
         else:
             batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload", UpdatePayload(snapshot, prev[1]), None))
+
+    def _add_device_weight(self, batch: ParameterBatch, ps: _ParamSlots, values_due: bool) -> None:
+        """A CUDA parameter: its statistics from the step's device batch, reduced before this
+        pre-hook returns (so a reference is safe)."""
+        slot = ps.value
+        payload = DevicePayload(ps.param, self._device_batch, values=values_due, how="ref")
+        batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
+
+    def _add_device_updates(self, batch: ParameterBatch, slots: list[_ParamSlots], step: int,
+                            update_due: tuple[bool, bool]) -> None:
+        """The update norms of CUDA parameters whose values are due: ``W_s - W_{s-1}`` into the
+        step's device batch, then ``W_s`` kept on the device for the next step. Both for all
+        parameters at once (``torch._foreach_*``): a GPU step is launch-bound, and a clone and a
+        subtraction per parameter cost the MLP 16 launches a step."""
+        cur = [ps.param.detach() for ps in slots]
+        prev = [self._prev_weights.get(ps.pname) for ps in slots]
+        if update_due is not _NOT_DUE:
+            due = [i for i, pv in enumerate(prev) if pv is not None and pv[0] == step - 1]
+            diffs = parameter_differences([cur[i] for i in due], [prev[i][1] for i in due])  # type: ignore[index]
+            for i, diff in zip(due, diffs, strict=True):
+                update = slots[i].update
+                batch.entries.append((update.name, "updates", update.meta, update_due[1], "payload",
+                                      DeviceUpdatePayload(diff, self._device_batch), None))
+        # Into the previous snapshots' memory: the subtractions just queued read it first.
+        snapshots = snapshot_parameters(cur, [pv[1] if pv is not None else None for pv in prev])
+        for ps, snap in zip(slots, snapshots, strict=True):
+            self._prev_weights[ps.pname] = (step, snap)
 
     def _on_optimizer_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:

@@ -12,10 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat
+from trainaudit.capture import STAT_FIELDS, CaptureConfig, SaveSchedule, _compat, _torch_device
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
-from trainaudit.capture._torch_device import ROW, batched_device_stats, finish_device_stats
+from trainaudit.capture._torch_device import (
+    ROW,
+    batched_device_stats,
+    finish_device_stats_rows,
+    parameter_differences,
+    snapshot_parameters,
+)
 from trainaudit.capture._torch_snapshot import scalar_stats
 
 
@@ -121,16 +127,22 @@ def test_batched_device_statistics_match_numpy_stats(device: str, arrays: list[n
     whatever their mix of dtypes. The kernels are plain torch operations, so CPU checks their
     arithmetic everywhere; the CUDA case runs where there is a GPU."""
     tensors = [torch.from_numpy(a.copy()).to(device) for a in arrays]
-    got = batched_device_stats(tensors).cpu().numpy()
+    got = finish_device_stats_rows(batched_device_stats(tensors).cpu().numpy())
     assert got.shape == (len(arrays), F.N_STATS)
     for row, a in zip(got, arrays, strict=True):
-        assert_stats_equal(finish_device_stats(row.copy()), F.numpy_stats(a), rtol=1e-5)
+        assert_stats_equal(row, F.numpy_stats(a), rtol=1e-5)
 
 
+@pytest.mark.parametrize("big", [None, ROW // 2])
 @pytest.mark.parametrize("device", ["cpu", _CUDA])
-def test_batched_device_statistics_of_large_half_precision_bool_and_empty_tensors(device: str) -> None:
+def test_batched_device_statistics_of_large_half_precision_bool_and_empty_tensors(
+        device: str, big: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tensors of several reduction rows (a NaN and an Inf in different rows), float16 and
-    bfloat16, booleans, integers, empty and 0-d tensors, float64, side by side in one batch."""
+    bfloat16, booleans, integers, empty and 0-d tensors, float64, side by side in one batch;
+    also with the two largest past the size from which a tensor is copied into the rows on
+    its own (their rows then come after the small tensors')."""
+    if big is not None:
+        monkeypatch.setattr(_torch_device, "BIG", big)
     rng = np.random.default_rng(0)
     big = rng.normal(size=3 * ROW + 7).astype(np.float32)
     big[5], big[2 * ROW + 1] = np.nan, np.inf
@@ -141,9 +153,43 @@ def test_batched_device_statistics_of_large_half_precision_bool_and_empty_tensor
     want = [F.numpy_stats(tensors[0].float().numpy()), F.numpy_stats(np.arange(-3, 9)), F.numpy_stats(big),
             F.numpy_stats(np.zeros(0)), F.numpy_stats(tensors[4].float().numpy()), F.numpy_stats(np.array([1, 0, 1])),
             F.numpy_stats(np.array(np.nan)), F.numpy_stats(big[:ROW].astype(np.float64))]
-    got = batched_device_stats([t.to(device) for t in tensors]).cpu().numpy()
+    got = finish_device_stats_rows(batched_device_stats([t.to(device) for t in tensors]).cpu().numpy())
     for row, w in zip(got, want, strict=True):
-        assert_stats_equal(finish_device_stats(row.copy()), w, rtol=1e-5)
+        assert_stats_equal(row, w, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", _CUDA])
+def test_batched_device_statistics_of_integers_beyond_float32(device: str) -> None:
+    """Integers are reduced in float64, each dtype concatenated on its own: token ids and
+    counts above 2**24, which float32 would round, come out exact next to float32 tensors."""
+    big = np.array([2**24 + 1, 2**40 + 3, -(2**30) - 1], dtype=np.int64)
+    f32 = np.array([0.5, -1.5], dtype=np.float32)
+    got = finish_device_stats_rows(batched_device_stats([torch.from_numpy(f32).to(device), torch.from_numpy(big).to(device)]).cpu().numpy())
+    assert_stats_equal(got[0], F.numpy_stats(f32), rtol=0)
+    assert got[1][F.STAT["sum"]] == float(big.sum()) and got[1][F.STAT["max"]] == 2**40 + 3
+
+
+@pytest.mark.parametrize("device", ["cpu", _CUDA])
+def test_parameter_differences_and_snapshots(device: str) -> None:
+    """The update norms' device side: differences of float32/float64 parameters by one foreach
+    subtraction (float16 and bfloat16 ones exact, in float32), and snapshots written into the
+    earlier snapshot's memory where it fits, else new copies."""
+    g = torch.Generator().manual_seed(0)
+    cur = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g).half(), torch.randn(2, generator=g).double(),
+           torch.randn(3, generator=g).bfloat16()]
+    prev = [torch.randn(4, 3, generator=g), torch.randn(5, generator=g).half(), torch.randn(2, generator=g).double(),
+            torch.randn(3, generator=g).bfloat16()]
+    cur, prev = [t.to(device) for t in cur], [t.to(device) for t in prev]
+    diffs = parameter_differences(cur, prev)
+    for c, p, d in zip(cur, prev, diffs, strict=True):
+        assert d.dtype == (torch.float64 if c.dtype == torch.float64 else torch.float32)
+        assert torch.equal(d.cpu(), c.cpu().to(d.dtype) - p.cpu().to(d.dtype))
+    reuse = [prev[0], None, torch.empty(7, dtype=torch.float64, device=device), prev[3]]
+    snaps = snapshot_parameters(cur, reuse)
+    assert snaps[0] is prev[0] and snaps[3] is prev[3]  # written in place
+    assert snaps[2] is not reuse[2]  # wrong shape: a new copy
+    for c, s in zip(cur, snaps, strict=True):
+        assert torch.equal(s, c) and s.data_ptr() != c.data_ptr()
 
 
 @settings(max_examples=60, deadline=None)

@@ -17,7 +17,7 @@ from torch import nn
 from trainaudit.capture import CaptureConfig, TorchHook, open_run
 from trainaudit.capture import _format as F
 from trainaudit.capture._torch import torch_stats
-from trainaudit.capture._torch_device import DevicePayload, DeviceStatsBatch
+from trainaudit.capture._torch_device import BIG, DevicePayload, DeviceStatsBatch, _GraphedReduction
 from trainaudit.capture._torch_snapshot import ChangedInPlace, CopyPolicy
 
 pytestmark = [
@@ -72,6 +72,30 @@ def test_cuda_nonfinite_counts() -> None:
     stats, values = p.resolve(True)
     np.testing.assert_array_equal(stats, F.numpy_stats(t.cpu().numpy()))
     assert values is not None and np.array_equal(values, t.cpu().numpy(), equal_nan=True)
+
+
+def test_a_repeated_layout_replays_a_cuda_graph_with_each_batchs_own_values() -> None:
+    """From its second batch on, a layout's reduction is a CUDA graph's replay: the statistics
+    are still each batch's own (the graph's static rows are refilled every time), with a NaN
+    in one batch only, a big tensor (copied into the rows on its own) among small ones, and a
+    batch launched on another stream than the graph was made on."""
+    batch = DeviceStatsBatch()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for step in range(5):
+        tensors = [torch.randn(300, 7, device="cuda", generator=gen), torch.randint(0, 9, (64,), device="cuda", generator=gen),
+                   torch.randn(5000, device="cuda", generator=gen).half(), torch.randn(BIG + 5, device="cuda", generator=gen)]
+        if step == 2:
+            tensors[0][4, 5] = float("nan")
+        stream = torch.cuda.Stream() if step == 4 else torch.cuda.current_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            payloads = [DevicePayload(t, batch, values=False, how="copy") for t in tensors]
+            batch.launch()
+        for p, t in zip(payloads, tensors, strict=True):
+            want = F.numpy_stats(t.float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy())
+            np.testing.assert_allclose(p.stats(), want, rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
+    (layout,) = batch._layouts.values()
+    assert isinstance(layout.graph, _GraphedReduction) and layout.uses == 5
 
 
 def test_device_batch_drops_a_reference_changed_before_it_is_reduced() -> None:
