@@ -5,7 +5,8 @@ outputs, inputs and gradients go to the writer by reference, checked against the
 counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead);
 weights, which the optimizer changes in place, are copied by a helper thread while the next
 step's forward pass runs (``_torch_params``). On CUDA: a step's tensors are reduced together
-by a few dozen asynchronous kernels (``_torch_device``) and, when full values are due, copied
+by a few dozen asynchronous kernels, replayed as one CUDA graph once the step's layout repeats
+(``_torch_device``), and, when full values are due, copied
 asynchronously into pinned host memory. Statistics, numpy conversion and store I/O all happen
 on the writer thread. No ``.cpu()`` and no device synchronisation happen on the training thread.
 
