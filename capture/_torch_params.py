@@ -34,8 +34,6 @@ __all__ = ["ParameterCopier", "ParameterCopy"]
 
 log = logging.getLogger("trainaudit.capture")
 
-_PENDING, _RUNNING, _DONE, _CANCELLED = range(4)
-
 #: Parameter dtypes the C pass copies and measures; others are copied by torch.
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -72,16 +70,18 @@ class ParameterCopy(NamedTuple):
 
 
 class _CopyJob:
-    __slots__ = ("step", "params", "versions", "state", "copies", "lock", "done")
+    """One step's copies to make. Its fate is decided once, by whoever pops ``claim`` first
+    (an atomic list operation, no lock to make every step): the helper thread, which then
+    makes the copies, or the training thread, which cancels the job."""
+
+    __slots__ = ("step", "params", "versions", "claim", "copies")
 
     def __init__(self, step: int, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
         self.step = step
         self.params = list(params)
         self.versions = [p._version for _, p, _ in self.params]
-        self.state = _PENDING
+        self.claim = [True]
         self.copies: dict[str, ParameterCopy] = {}
-        self.lock = threading.Lock()
-        self.done = threading.Event()
 
 
 class ParameterCopier:
@@ -100,6 +100,9 @@ class ParameterCopier:
         self._job: _CopyJob | None = None
         self._name = name
         self._thread: threading.Thread | None = None
+        # Held by the helper thread from before it claims a job until the job's copies are
+        # made: take() waits for a claimed job by acquiring it.
+        self._busy = threading.Lock()
         self.taken = 0  # copies handed out whole (for tests and benchmarks)
         self.missed = 0  # copies the training thread had to make after all
         # Reused copies, each with a numpy view of it: a fresh allocation of a large tensor
@@ -135,8 +138,9 @@ class ParameterCopier:
         if job.step != step or not started:
             self.missed += len(job.params)
             return {}
-        if not job.done.wait(30.0):  # pragma: no cover - a copy never takes this long
+        if not self._busy.acquire(timeout=30.0):  # pragma: no cover - a copy never takes this long
             return {}
+        self._busy.release()
         out = {name: job.copies[name] for (name, p, _), v in zip(job.params, job.versions, strict=True)
                if name in job.copies and p._version == v}
         self.taken += len(out)
@@ -218,14 +222,15 @@ class ParameterCopier:
 
     @staticmethod
     def _cancel(job: _CopyJob | None) -> bool:
-        """Cancel ``job`` if it has not started; True when it started (or finished)."""
+        """Cancel ``job`` if the helper thread has not claimed it; True when it had (the
+        copies are being made, or made)."""
         if job is None:
             return False
-        with job.lock:
-            if job.state == _PENDING:
-                job.state = _CANCELLED
-                return False
-            return job.state != _CANCELLED
+        try:
+            job.claim.pop()
+        except IndexError:
+            return True
+        return False
 
     def _run(self) -> None:
         lower_thread_priority()
@@ -233,16 +238,13 @@ class ParameterCopier:
             job = self._queue.get()
             if job is None:
                 return
-            with job.lock:
-                if job.state != _PENDING:
-                    continue
-                job.state = _RUNNING
-            try:
-                job.copies = self._copy_all(job.params)
-            except Exception as exc:  # capture never crashes training: the pre-hook copies instead
-                log.warning("trainaudit: could not copy parameters off the training thread: %s", exc)
-                job.copies = {}
-            finally:
-                with job.lock:
-                    job.state = _DONE
-                job.done.set()
+            with self._busy:
+                try:
+                    job.claim.pop()
+                except IndexError:
+                    continue  # cancelled
+                try:
+                    job.copies = self._copy_all(job.params)
+                except Exception as exc:  # capture never crashes training: the pre-hook copies instead
+                    log.warning("trainaudit: could not copy parameters off the training thread: %s", exc)
+                    job.copies = {}
