@@ -83,8 +83,8 @@ class _Layout:
     launches a dtype), then interleaved with NaN padding by one more concatenation. Big
     tensors (a large batch's activations), where the device's memory traffic is the cost, by
     one conversion each straight into their rows (and a fill of their padding), not by three
-    passes of concatenation. Small tensors' rows come first; the
-    rows' owners say whose they are.
+    passes of concatenation. Small tensors' rows come first; the rows' owners say whose they
+    are.
     """
 
     __slots__ = ("tensors", "rows", "small_rows", "row_owner", "counts", "pad_counts", "groups", "order", "pad_views",
