@@ -5,9 +5,7 @@ under ``torch.profiler`` (CPU activity only), and prints per step: the CUDA kern
 (``cudaLaunchKernel`` and friends), the host time of the step and the device synchronisations
 (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``, ``cudaEventSynchronize``) the training
 thread made (the thread that launched the most kernels), then these calls per step by thread,
-and the PyTorch operations per step that capture adds on the training thread. The writer's
-reading of a batch's result runs inside a ``trainaudit writer`` range, so a synchronisation
-the writer makes shows it among its callers.
+and the PyTorch operations per step that capture adds on the training thread.
 
 Usage (on a machine with a GPU)::
 
@@ -26,20 +24,9 @@ from bench_capture import mlp  # (bench/ is on sys.path: run as a script)
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from trainaudit.capture import TorchHook, _torch_device
+from trainaudit.capture import TorchHook
 
 STEPS = 20
-
-
-def _tag_writer_reads() -> None:
-    """Run the writer's read of a batch result inside a profiler range named after it."""
-    row = _torch_device._BatchResult.row
-
-    def tagged(self: _torch_device._BatchResult, i: int):  # type: ignore[no-untyped-def]
-        with torch.profiler.record_function("trainaudit writer"):
-            return row(self, i)
-
-    _torch_device._BatchResult.row = tagged  # type: ignore[method-assign]
 
 
 def measure(uri: str | None) -> tuple[float, float, float, str, dict[str, float]]:
@@ -75,7 +62,8 @@ def measure(uri: str | None) -> tuple[float, float, float, str, dict[str, float]
             counts = per_thread.setdefault(ev.thread, {})
             counts[ev.name] = counts.get(ev.name, 0) + 1
             if "ynchron" in ev.name:
-                chain, parent = [], getattr(ev, "cpu_parent", None)
+                chain: list[str] = []
+                parent = getattr(ev, "cpu_parent", None)
                 while parent is not None and len(chain) < 4:
                     chain.append(parent.name)
                     parent = getattr(parent, "cpu_parent", None)
@@ -103,7 +91,6 @@ def measure(uri: str | None) -> tuple[float, float, float, str, dict[str, float]
 def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("probe_gpu_launches.py needs a CUDA device")
-    _tag_writer_reads()
     ops_by_arm = []
     with tempfile.TemporaryDirectory() as d:
         for label, uri in (("no hook", None), ("defaults", os.path.join(d, "run"))):

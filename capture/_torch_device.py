@@ -187,8 +187,9 @@ def _reduce_rows(x: torch.Tensor, g: _Layout) -> torch.Tensor:
 
 #: Padded elements of the batches whose reductions are kept as CUDA graphs (per
 #: DeviceStatsBatch; see _GraphedReduction): a graph holds its static rows (8 bytes an element)
-#: and its temporaries' memory pool (~25 bytes an element) for good, so the graphs of one
-#: hook hold ~550 MB of device memory at most. A layout past the budget stays eager.
+#: and its temporaries' memory pool for good, so the graphs of one hook hold ~550 MB of device
+#: memory at most (an estimate from the temporaries' sizes, ~25 bytes an element at their
+#: peak; not measured). A layout past the budget stays eager.
 GRAPH_BUDGET_ELEMENTS = 1 << 24
 
 
