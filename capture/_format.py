@@ -52,6 +52,7 @@ __all__ = [
     "storage_dtype",
     "values_layout",
     "numpy_stats",
+    "scalar_stats",
     "normalize_uri",
     "open_root",
 ]
@@ -223,6 +224,21 @@ def numpy_stats(values: np.ndarray) -> np.ndarray:
     if flat.dtype.kind in "iu":
         return _finite_stats(flat, out)
     raise TypeError(f"trainaudit stores numeric tensors only; got dtype {flat.dtype}")
+
+
+def scalar_stats(v: float) -> np.ndarray:
+    """:data:`STAT_FIELDS` of one finite or non-finite number (``numpy_stats`` costs ~40x more)."""
+    out = np.zeros(N_STATS, dtype=np.float64)
+    out[STAT["count"]] = 1
+    if math.isfinite(v):
+        out[STAT["zero"]] = v == 0
+        out[STAT["min"]] = out[STAT["max"]] = out[STAT["sum"]] = v
+        out[STAT["sumsq"]] = v * v
+        out[STAT["l1"]] = abs(v)
+    else:
+        out[STAT["nan" if math.isnan(v) else "posinf" if v > 0 else "neginf"]] = 1
+        out[STAT["min"]] = out[STAT["max"]] = np.nan
+    return out
 
 
 def _float_stats(flat: np.ndarray, out: np.ndarray) -> np.ndarray:

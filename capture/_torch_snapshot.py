@@ -28,6 +28,7 @@ import torch
 
 from . import _format as F
 from ._compat import HAS_FAST_STATS, abs_sum_f32, diff_sumsq, fast_stats
+from ._format import scalar_stats
 
 __all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
            "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
@@ -291,18 +292,3 @@ class ParameterBatch:
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError("a ParameterBatch is expanded by the writer, never resolved itself")
-
-
-def scalar_stats(v: float) -> np.ndarray:
-    """:data:`STAT_FIELDS` of one finite or non-finite number (``numpy_stats`` costs ~40x more)."""
-    out = np.zeros(F.N_STATS, dtype=np.float64)
-    out[F.STAT["count"]] = 1
-    if math.isfinite(v):
-        out[F.STAT["zero"]] = v == 0
-        out[F.STAT["min"]] = out[F.STAT["max"]] = out[F.STAT["sum"]] = v
-        out[F.STAT["sumsq"]] = v * v
-        out[F.STAT["l1"]] = abs(v)
-    else:
-        out[F.STAT["nan" if math.isnan(v) else "posinf" if v > 0 else "neginf"]] = 1
-        out[F.STAT["min"]] = out[F.STAT["max"]] = np.nan
-    return out

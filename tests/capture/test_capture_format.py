@@ -23,6 +23,7 @@ from trainaudit.capture._torch_device import (
     snapshot_parameters,
 )
 from trainaudit.capture._torch_snapshot import scalar_stats
+from trainaudit.capture._writer import NumpyPayload, RunWriter, StepItem
 
 
 def direct_stats(a: np.ndarray) -> dict[str, float]:
@@ -288,6 +289,29 @@ def test_torch_stats_without_the_extension_match_numpy_stats(a: np.ndarray) -> N
 @pytest.mark.parametrize("v", [0.0, -0.0, 1.5, -3.25, 1e200, np.nan, np.inf, -np.inf])
 def test_scalar_stats_equal_numpy_stats(v: float) -> None:
     assert_stats_equal(scalar_stats(v), F.numpy_stats(np.array(v)), rtol=0)
+
+
+def test_recorded_numbers_and_arrays_take_the_batched_statistics_like_numpy_stats() -> None:
+    """What ``record()`` and the XGBoost callback hand the writer (NumpyPayload): numbers get
+    their statistics written down directly, arrays join the step's one C call; both equal
+    ``numpy_stats``, whatever the dtype, NaN and Inf included."""
+    rng = np.random.default_rng(3)
+    planted = rng.standard_normal(700).astype(np.float32)
+    planted[[3, 500]] = [np.nan, -np.inf]
+    values = [
+        0.25, -0.0, np.nan, np.inf, 7, True, np.float16(1.5), np.int64(2**40 + 1),
+        planted, rng.standard_normal((20, 3)), rng.standard_normal(50).astype(np.float16),
+        rng.integers(-5, 5, 300), rng.random(40) > 0.5, np.zeros(0, dtype=np.float32),
+        np.array([np.nan, np.nan]),
+    ]
+    items = [StepItem(f"t{i}", "other", NumpyPayload(v), False) for i, v in enumerate(values)]
+    RunWriter._batch_stats(None, items)  # type: ignore[arg-type]  (uses no writer state)
+    batched = [i for i, item in enumerate(items) if item.payload._stats is not None]  # type: ignore[union-attr]
+    assert batched == [8, 9, 10, 11, 12, 14]  # the arrays, not the numbers or the empty one
+    for item, v in zip(items, values, strict=True):
+        stats, got = item.payload.resolve(True)  # type: ignore[union-attr]
+        assert_stats_equal(stats, F.numpy_stats(np.array(v)), rtol=1e-6)
+        np.testing.assert_array_equal(got, np.array(v))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
