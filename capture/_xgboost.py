@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,24 @@ FLUSH_ROUNDS = 1000
 #: A part of the capture (trees, importances, one eval set's predictions) that failed this many
 #: times is not tried again in this training.
 MAX_FAILURES = 3
+#: The new trees are read for up to this many rounds at once: ``model[a:b]`` costs ~1 ms of the
+#: training thread whatever the number of rounds it holds (xgboost copies and reconfigures the
+#: learner), on rounds of a few milliseconds. A round's records wait in the callback until its
+#: trees are read ...
+TREE_BATCH_ROUNDS = 16
+#: ... and never longer than this (seconds), so a live audit sees them this much later at most.
+TREE_BATCH_SECONDS = 0.5
+
+
+class _PendingRound:
+    """One round's records, waiting in the callback for its trees (see TREE_BATCH_ROUNDS)."""
+
+    __slots__ = ("step", "trees", "records")
+
+    def __init__(self, step: int, trees: bool) -> None:
+        self.step = step
+        self.trees = trees  # its trees are still to be read
+        self.records: list[tuple[str, Any, str, Mapping[str, Any] | None, bool | None]] = []
 
 # xgboost's own list of metrics to maximise (EarlyStopping); these are never mirrored as a loss.
 _MAXIMIZE = ("auc", "aucpr", "pre", "map", "ndcg", "interval-regression-accuracy")
@@ -172,6 +191,11 @@ class XGBoostCallback(TrainingCallback):
         self._loss_metric: dict[str, str | None] = {}
         self._last_step: int | None = None
         self._saved_predictions: dict[str, int] = {}
+        self._model: xgb.Booster | None = None
+        self._pending: list[_PendingRound] = []
+        self._pending_since = 0.0
+        self._mode_step0 = 0  # the recorder's train step at the first round of this training
+        self._rounds_seen = 0
         self._failures: dict[str, int] = {}
         self._stopped_at: int | None = None
 
@@ -191,6 +215,7 @@ class XGBoostCallback(TrainingCallback):
         if rec is None:
             return
         try:
+            self._drain()
             if self._stopped_at is not None:
                 rec.end_step()
                 rec.writer.close(reason=f"training stopped on request after round {self._stopped_at}: {self.stop_reason}")
@@ -220,19 +245,21 @@ class XGBoostCallback(TrainingCallback):
             return False
         try:
             step = model.num_boosted_rounds() - 1
-            if self._last_step is not None and self._last_step != step:
-                rec.end_step()  # the previous round is complete
+            self._model = model
+            mode_step = self._mode_step0 + self._rounds_seen  # the step this round will be
+            self._rounds_seen += 1
             self._last_step = step
+            pending = self._pending_round(step, trees=self._booster_type != "gblinear")
         except Exception as exc:
             self._error("after_iteration", exc)
             return False
-        self._guard("metrics", self._record_metrics, evals_log, step)
-        if self._booster_type != "gblinear":
-            self._guard("trees", self._record_trees, model, step)
+        self._guard("metrics", self._record_metrics, evals_log, pending)
         for name, dm in self._dmatrices.items():
-            _, due = rec.due("predictions", f"predictions/{name}")
-            if due:
-                self._guard(f"predictions/{name}", self._record_predictions, model, name, dm, step)
+            _, due = self.config.due("predictions", "train", mode_step)
+            if due and self.config.wants("predictions", f"predictions/{name}"):
+                self._guard(f"predictions/{name}", self._record_predictions, model, name, dm, pending)
+        if len(self._pending) >= TREE_BATCH_ROUNDS or time.monotonic() - self._pending_since >= TREE_BATCH_SECONDS:
+            self._drain()
         try:
             if rec.stop_requested:
                 self._stopped_at = step
@@ -247,12 +274,16 @@ class XGBoostCallback(TrainingCallback):
         if rec is None:
             return model
         try:
-            if isinstance(model, xgb.Booster) and self._last_step is not None:
+            booster = self._model  # (the booster trained; ``model`` may be a slice of it)
+            if booster is not None and self._last_step is not None:
                 step = self._last_step
+                last = self._pending_round(step, trees=False)
                 for name, dm in self._dmatrices.items():
                     if self._saved_predictions.get(name) != step:
-                        self._guard(f"predictions/{name}", self._record_predictions, model, name, dm, step)
-                self._guard("best_iteration", self._record_best, model, step)
+                        self._guard(f"predictions/{name}", self._record_predictions, booster, name, dm, last)
+                if isinstance(model, xgb.Booster):
+                    self._guard("best_iteration", self._record_best, model, last)
+            self._drain()
             if self.close_on_end:
                 self.close()
             else:
@@ -296,6 +327,7 @@ class XGBoostCallback(TrainingCallback):
         self.recorder.record("other/params", np.array(list(numeric.values()), dtype=np.float64), collection="other",
                              step=rounds, meta={"labels": list(numeric)}, save_values=True)
         self._last_step = rounds
+        self._mode_step0 = self.recorder.mode_step
         for name, data in self.eval_data.items():
             try:
                 self._dmatrices[name] = _as_dmatrix(data, model.feature_names)
@@ -306,9 +338,8 @@ class XGBoostCallback(TrainingCallback):
         return Recorder(self.uri, framework="xgboost", config=self.config, rank=rank, world_size=world,
                         run_id=self._run_id, storage_options=self._storage_options, extra_attrs=attrs)
 
-    def _record_metrics(self, evals_log: Mapping[str, Mapping[str, Any]], step: int) -> None:
-        rec = self.recorder
-        assert rec is not None
+    def _record_metrics(self, evals_log: Mapping[str, Mapping[str, Any]], pending: _PendingRound) -> None:
+        put = pending.records.append
         for data_name, metrics in evals_log.items():
             role = self._role(data_name)
             if data_name not in self._loss_metric:
@@ -318,28 +349,63 @@ class XGBoostCallback(TrainingCallback):
                     continue
                 meta = {"eval_set": data_name, "metric": metric, "role": role}
                 value = float(history[-1])
-                rec.record(f"metrics/{data_name}-{metric}", value, collection="metrics", step=step, meta=meta)
+                put((f"metrics/{data_name}-{metric}", value, "metrics", meta, None))
                 if metric == self._loss_metric[data_name]:
-                    rec.record(f"losses/{data_name}", value, collection="losses", step=step, meta=meta)
+                    put((f"losses/{data_name}", value, "losses", meta, None))
 
     def _role(self, data_name: str) -> str:
         if self.train_sets is not None:
             return "train" if data_name in self.train_sets else "eval"
         return "train" if "train" in data_name.lower() else "eval"
 
-    def _record_trees(self, model: xgb.Booster, step: int) -> None:
+    def _pending_round(self, step: int, *, trees: bool) -> _PendingRound:
+        """The waiting round of ``step`` (a new one when the last waiting round is another)."""
+        if self._pending and self._pending[-1].step == step:
+            return self._pending[-1]
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        pending = _PendingRound(step, trees)
+        self._pending.append(pending)
+        return pending
+
+    def _drain(self) -> None:
+        """Read the trees of the waiting rounds (one slice of the model), then hand every
+        waiting record to the recorder, round by round."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
         rec = self.recorder
         assert rec is not None
-        dumps = model[step : step + 1].get_dump(dump_format="json", with_stats=True)
-        stats = np.zeros((len(dumps), 4))
-        for k, text in enumerate(dumps):
-            stats[k] = tree_summary(json.loads(text), self._split_feature)
-        meta = {"trees_per_round": len(dumps), "booster": self._booster_type}
-        rec.record("trees/depth", stats[:, 0].astype(np.int64), collection="trees", step=step, meta=meta)
-        rec.record("trees/leaves", stats[:, 1].astype(np.int64), collection="trees", step=step, meta=meta)
-        rec.record("trees/gain", stats[:, 2], collection="trees", step=step, meta=meta)
-        rec.record("trees/cover", stats[:, 3], collection="trees", step=step, meta=meta)
-        self._record_importances(step)
+        need = [p for p in pending if p.trees]
+        if need and self._model is not None:
+            self._guard("trees", self._record_trees, self._model, need)
+        for p in pending:
+            for name, value, collection, meta, save in p.records:
+                rec.record(name, value, collection=collection, step=p.step, meta=meta, save_values=save)
+
+    def _record_trees(self, model: xgb.Booster, rounds: list[_PendingRound]) -> None:
+        """The structure of the trees ``rounds`` grew, and the importances after each of them,
+        into those rounds' records; one ``model[a:b]`` when the rounds are consecutive."""
+        first, last = rounds[0].step, rounds[-1].step
+        if last - first + 1 == len(rounds):
+            dumps = model[first : last + 1].get_dump(dump_format="json", with_stats=True)
+            per_round = len(dumps) // len(rounds)
+            if per_round * len(rounds) != len(dumps):
+                raise ValueError(f"rounds {first}-{last} hold {len(dumps)} trees: not the same number each round")
+            batches = [dumps[i * per_round : (i + 1) * per_round] for i in range(len(rounds))]
+        else:  # pragma: no cover - xgboost's rounds are consecutive
+            batches = [model[p.step : p.step + 1].get_dump(dump_format="json", with_stats=True) for p in rounds]
+        for p, trees in zip(rounds, batches, strict=True):
+            stats = np.zeros((len(trees), 4))
+            for k, text in enumerate(trees):
+                stats[k] = tree_summary(json.loads(text), self._split_feature)
+            meta = {"trees_per_round": len(trees), "booster": self._booster_type}
+            put = p.records.append
+            put(("trees/depth", stats[:, 0].astype(np.int64), "trees", meta, None))
+            put(("trees/leaves", stats[:, 1].astype(np.int64), "trees", meta, None))
+            put(("trees/gain", stats[:, 2], "trees", meta, None))
+            put(("trees/cover", stats[:, 3], "trees", meta, None))
+            self._record_importances(p)
 
     def _split_feature(self, feature: str, gain: float, cover: float) -> None:
         i = self._feature_index.get(feature)
@@ -351,45 +417,40 @@ class XGBoostCallback(TrainingCallback):
         self._split_gain[i] += gain
         self._split_cover[i] += cover
 
-    def _record_importances(self, step: int) -> None:
-        rec = self.recorder
-        assert rec is not None
+    def _record_importances(self, pending: _PendingRound) -> None:
         count = self._split_count
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_gain = np.where(count > 0, self._split_gain / np.maximum(count, 1), 0.0)
             mean_cover = np.where(count > 0, self._split_cover / np.maximum(count, 1), 0.0)
-        values = {"weight": count, "gain": mean_gain, "cover": mean_cover,
-                  "total_gain": self._split_gain, "total_cover": self._split_cover}
+        # Copies: the running sums go on changing with the next rounds' splits.
+        values = {"weight": count.copy(), "gain": mean_gain, "cover": mean_cover,
+                  "total_gain": self._split_gain.copy(), "total_cover": self._split_cover.copy()}
         for t in self.importance_types:
-            rec.record(f"feature_importance/{t}", values[t], collection="feature_importance", step=step,
-                       meta={"labels": self._features, "importance_type": t})
+            pending.records.append((f"feature_importance/{t}", values[t], "feature_importance",
+                                    {"labels": self._features, "importance_type": t}, None))
 
-    def _record_predictions(self, model: xgb.Booster, name: str, dm: xgb.DMatrix, step: int) -> None:
-        rec = self.recorder
-        assert rec is not None
-        rounds = model.num_boosted_rounds()
+    def _record_predictions(self, model: xgb.Booster, name: str, dm: xgb.DMatrix, pending: _PendingRound) -> None:
+        rounds = pending.step + 1
         pred = model.predict(dm, iteration_range=(0, rounds))
         label = dm.get_label()
         if label.size and label.size != dm.num_row():
             label = label.reshape(dm.num_row(), -1)
         meta = {"eval_set": name, "objective": self._objective, "num_class": self._num_class}
-        self._saved_predictions[name] = step
+        self._saved_predictions[name] = pending.step
         if label.size:
-            rec.record(f"labels/{name}", label, collection="labels", step=step, meta=meta, save_values=True)
-        rec.record(f"predictions/{name}", pred, collection="predictions", step=step, meta=meta, save_values=True)
+            pending.records.append((f"labels/{name}", label, "labels", meta, True))
+        pending.records.append((f"predictions/{name}", pred, "predictions", meta, True))
 
-    def _record_best(self, model: xgb.Booster, step: int) -> None:
+    def _record_best(self, model: xgb.Booster, pending: _PendingRound) -> None:
         best = model.attr("best_iteration")
         if best is None:
             return
-        rec = self.recorder
-        assert rec is not None
         # EarlyStopping watches the last metric of the last eval set by default.
         sets = list(self._loss_metric)
         meta: dict[str, Any] = {"best_score": _float_or_none(model.attr("best_score"))}
         if sets:
             meta["eval_set"] = sets[-1]
-        rec.record("other/best_iteration", int(best), collection="other", step=step, meta=meta, save_values=True)
+        pending.records.append(("other/best_iteration", int(best), "other", meta, True))
 
     # ------------------------------------------------------------------ errors
     def _guard(self, what: str, fn: Callable[..., None], *args: Any) -> None:

@@ -19,6 +19,7 @@ from trainaudit.capture import (  # noqa: E402
     CaptureConfig,
     InvalidParameterError,
     XGBoostCallback,
+    _xgboost,  # noqa: E402
     open_run,
     request_stop,
 )
@@ -167,6 +168,50 @@ def test_train_multiclass_round_trip(run_uri: str) -> None:
     xgb_attrs = run.attrs["xgboost"]
     assert xgb_attrs["params"]["objective"] == "multi:softprob"
     assert xgb_attrs["config"]["learner"]["learner_train_param"]["booster"] == "gbtree"
+
+
+@pytest.mark.parametrize(("batch_rounds", "batch_seconds", "slices"), [(5, 1e9, 3), (1000, 0.0, ROUNDS), (1000, 1e9, 1)])
+def test_trees_are_read_for_several_rounds_at_once_into_each_rounds_step(
+        memory_uri: str, monkeypatch: pytest.MonkeyPatch, batch_rounds: int, batch_seconds: float, slices: int) -> None:
+    """The new trees are read TREE_BATCH_ROUNDS rounds at a time (one ``model[a:b]``: ~1 ms
+    of the training thread whatever it holds), or sooner when TREE_BATCH_SECONDS passed, or at
+    the end; each round's trees, running importances, metrics and predictions still land in
+    that round's step, equal to the model read round by round."""
+    monkeypatch.setattr(_xgboost, "TREE_BATCH_ROUNDS", batch_rounds)
+    monkeypatch.setattr(_xgboost, "TREE_BATCH_SECONDS", batch_seconds)
+    sliced = []
+    getitem = xgb.Booster.__getitem__
+
+    def counting_getitem(self: Any, val: Any) -> Any:
+        sliced.append(val)
+        return getitem(self, val)
+
+    monkeypatch.setattr(xgb.Booster, "__getitem__", counting_getitem)
+    x, y = classification()
+    dtrain = xgb.DMatrix(x[:200], label=y[:200])
+    dvalid = xgb.DMatrix(x[200:], label=y[200:])
+    params = {"objective": "multi:softprob", "num_class": 3, "max_depth": 3, "nthread": 1, "eval_metric": ["mlogloss"]}
+    evals_result: dict[str, Any] = {}
+    cb = XGBoostCallback(memory_uri, eval_data={"valid": dvalid})
+    booster = xgb.train(params, dtrain, ROUNDS, evals=[(dvalid, "valid")], evals_result=evals_result,
+                        verbose_eval=False, callbacks=[cb])
+    assert len(sliced) == slices, sliced
+    monkeypatch.setattr(xgb.Booster, "__getitem__", getitem)
+
+    run = open_run(memory_uri)
+    assert run.errors == [] and run.steps().global_step.tolist() == list(range(ROUNDS))
+    np.testing.assert_allclose(scalar_series(run, "metrics/valid-mlogloss")[1], evals_result["valid"]["mlogloss"], rtol=1e-12)
+    ref = np.array([v for _, v in sorted(reference_trees(booster).items())]).reshape(ROUNDS, 3, 4)
+    values, _, block_steps, _ = run.values_block("trees/depth", 0, ROUNDS)
+    assert block_steps.tolist() == list(range(ROUNDS))
+    np.testing.assert_array_equal(values, ref[:, :, 0])
+    names = [f"f{i}" for i in range(x.shape[1])]
+    for r in range(ROUNDS):  # the importances after each round, not after its batch
+        for kind in ("weight", "total_gain"):
+            np.testing.assert_allclose(run.values(f"feature_importance/{kind}", r), dense_scores(booster[0 : r + 1], kind, names),
+                                       rtol=1e-5, err_msg=f"{kind} after round {r}")
+    assert run.value_steps("predictions/valid").step.tolist() == [0, 10, ROUNDS - 1]
+    np.testing.assert_allclose(run.values("predictions/valid", 10), booster.predict(dvalid, iteration_range=(0, 11)), rtol=1e-6)
 
 
 def test_train_regressor_depth_bound_names_and_roles(memory_uri: str) -> None:
