@@ -7,7 +7,8 @@ schedule), the two alternating so that both see the same machine load. Per round
 process's CPU time (every thread: boosting, the callback, the writer and zarr's I/O threads),
 the training thread's CPU time (boosting and the callback; with ``nthread=1`` XGBoost boosts on
 the calling thread) and the wall time, each the best of the repeats; the wall ratio is the
-median over the repeats of (with / without) in each alternating pair. The callback's
+median over the repeats of (with / without) in each alternating pair, and so are the callback's
+part (the training thread's CPU with minus without) and the other threads' CPU. The callback's
 ``close()`` (the last flush) is inside the timed call: a run's whole cost is counted, its
 fixed part (opening the run, the last flush) spread over the rounds.
 
@@ -61,6 +62,8 @@ class Result:
     without: Timing  # best of the repeats, seconds per round
     with_capture: Timing
     wall_ratio: float
+    callback_cpu: float  # seconds per round: median over the pairs of the training thread's CPU difference
+    other_cpu: float  # seconds per round: median over the pairs of the other threads' CPU with capture
 
 
 def _data(rows: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +100,11 @@ def bench_case(rows: int, objective: str, classes: int, *, rounds: int, repeats:
     def best(ts: list[Timing]) -> Timing:
         return Timing(*(min(getattr(t, f) for t in ts) / rounds for f in ("wall", "process_cpu", "thread_cpu")))
 
-    ratio = statistics.median(c.wall / b.wall for b, c in zip(without, with_capture, strict=True))
-    return Result(rows, objective, rounds, best(without), best(with_capture), ratio)
+    pairs = list(zip(without, with_capture, strict=True))
+    ratio = statistics.median(c.wall / b.wall for b, c in pairs)
+    callback = statistics.median(c.thread_cpu - b.thread_cpu for b, c in pairs) / rounds
+    other = statistics.median(c.process_cpu - c.thread_cpu for _, c in pairs) / rounds
+    return Result(rows, objective, rounds, best(without), best(with_capture), ratio, callback, other)
 
 
 def table(results: list[Result]) -> str:
@@ -110,7 +116,7 @@ def table(results: list[Result]) -> str:
         b, c = r.without, r.with_capture
         lines.append(
             f"| {r.rows:,} | {r.objective} | {1e3 * b.process_cpu:.2f} | {1e3 * c.process_cpu:.2f} | {1e3 * c.thread_cpu:.2f} "
-            f"| {1e3 * (c.thread_cpu - b.thread_cpu):.2f} | {1e3 * (c.process_cpu - c.thread_cpu):.2f} "
+            f"| {1e3 * r.callback_cpu:.2f} | {1e3 * r.other_cpu:.2f} "
             f"| {1e3 * b.wall:.2f} -> {1e3 * c.wall:.2f} | {r.wall_ratio:.2f}x |"
         )
     return "\n".join(lines)
@@ -125,7 +131,7 @@ def section(results: list[Result], command: str, repeats: int) -> str:
         f"Python {platform.python_version()}, {os.cpu_count()} cores (load average {load:.1f} at the end of the run).\n"
         f"Each case: {rounds} rounds, depth 6, 20 features, eval sets `train` and `valid`, `eval_data` of 1,000 rows; "
         f"{repeats} trainings without and {repeats} with the callback, alternating; the best of them per column, "
-        "the wall ratio the median of the alternating pairs.\n\n"
+        "the wall ratio, the callback's CPU and the other threads' the medians over the alternating pairs.\n\n"
         f"{table(results)}\n\n"
         "- *callback on the training thread* is the training thread's CPU with capture minus without: the callback's\n"
         "  own work (the new trees' dump, metrics, importances, predictions on their schedule); *other threads* is the\n"

@@ -387,18 +387,25 @@ class XGBoostCallback(TrainingCallback):
         """The structure of the trees ``rounds`` grew, and the importances after each of them,
         into those rounds' records; one ``model[a:b]`` when the rounds are consecutive."""
         first, last = rounds[0].step, rounds[-1].step
-        if last - first + 1 == len(rounds):
-            dumps = model[first : last + 1].get_dump(dump_format="json", with_stats=True)
+        if last - first + 1 != len(rounds):  # pragma: no cover - xgboost's rounds are consecutive
+            for p in rounds:
+                self._record_trees(model, [p])
+            return
+        part = model[first : last + 1]
+        batches = _model_trees(part)
+        if batches is None or len(batches) != len(rounds):  # a model layout we do not know: the dump
+            dumps = part.get_dump(dump_format="json", with_stats=True)
             per_round = len(dumps) // len(rounds)
             if per_round * len(rounds) != len(dumps):
                 raise ValueError(f"rounds {first}-{last} hold {len(dumps)} trees: not the same number each round")
-            batches = [dumps[i * per_round : (i + 1) * per_round] for i in range(len(rounds))]
-        else:  # pragma: no cover - xgboost's rounds are consecutive
-            batches = [model[p.step : p.step + 1].get_dump(dump_format="json", with_stats=True) for p in rounds]
+            batches = [[json.loads(t) for t in dumps[i * per_round : (i + 1) * per_round]] for i in range(len(rounds))]
         for p, trees in zip(rounds, batches, strict=True):
             stats = np.zeros((len(trees), 4))
-            for k, text in enumerate(trees):
-                stats[k] = tree_summary(json.loads(text), self._split_feature)
+            for k, tree in enumerate(trees):
+                if "left_children" in tree:
+                    stats[k] = model_tree_summary(tree, self._split_at)
+                else:
+                    stats[k] = tree_summary(tree, self._split_feature)
             meta = {"trees_per_round": len(trees), "booster": self._booster_type}
             put = p.records.append
             put(("trees/depth", stats[:, 0].astype(np.int64), "trees", meta, None))
@@ -406,6 +413,13 @@ class XGBoostCallback(TrainingCallback):
             put(("trees/gain", stats[:, 2], "trees", meta, None))
             put(("trees/cover", stats[:, 3], "trees", meta, None))
             self._record_importances(p)
+
+    def _split_at(self, feature: int, gain: float, cover: float) -> None:
+        if not 0 <= feature < len(self._split_count):
+            raise KeyError(f"split on unknown feature index {feature}")
+        self._split_count[feature] += 1
+        self._split_gain[feature] += gain
+        self._split_cover[feature] += cover
 
     def _split_feature(self, feature: str, gain: float, cover: float) -> None:
         i = self._feature_index.get(feature)
@@ -479,6 +493,45 @@ class XGBoostCallback(TrainingCallback):
 
 # ---------------------------------------------------------------------------------------------
 # Pure helpers
+
+
+def _model_trees(booster: xgb.Booster) -> list[list[dict[str, Any]]] | None:
+    """The trees of ``booster`` by round, from its JSON model (``save_raw``: ~0.3 ms a tree with
+    the parse, against ~0.9 ms for ``get_dump`` with stats); None when the layout is not the
+    gbtree / dart one this reads."""
+    try:
+        gb = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]
+        model = gb["model"] if "model" in gb else gb["gbtree"]["model"]
+        trees, indptr = model["trees"], model["iteration_indptr"]
+        return [trees[indptr[i] : indptr[i + 1]] for i in range(len(indptr) - 1)]
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def model_tree_summary(tree: Mapping[str, Any], on_split: Callable[[int, float, float], None] | None = None) -> tuple[int, int, float, float]:
+    """:func:`tree_summary` of one tree of the JSON model (``save_raw("json")``: node arrays
+    ``left_children`` / ``right_children``, -1 at a leaf; ``loss_changes`` and ``sum_hessian``
+    are the dump's gain and cover). Walks the child links from the root, so nodes a pruner
+    deleted are not counted. ``on_split(feature_index, gain, cover)`` for every split node."""
+    left, right = tree["left_children"], tree["right_children"]
+    loss, hess, feature = tree["loss_changes"], tree["sum_hessian"], tree["split_indices"]
+    depth = leaves = 0
+    gain = cover = 0.0
+    stack = [(0, 0)]
+    while stack:
+        i, d = stack.pop()
+        if left[i] == -1:
+            leaves += 1
+            depth = max(depth, d)
+            continue
+        g, c = float(loss[i]), float(hess[i])
+        gain += g
+        cover += c
+        if on_split is not None:
+            on_split(int(feature[i]), g, c)
+        stack.append((left[i], d + 1))
+        stack.append((right[i], d + 1))
+    return depth, leaves, gain, cover
 
 
 def tree_summary(tree: Mapping[str, Any], on_split: Callable[[str, float, float], None] | None = None) -> tuple[int, int, float, float]:

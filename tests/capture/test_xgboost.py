@@ -4,6 +4,7 @@ run holds is compared with what training had (evals_log, the trees read independ
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -28,6 +29,8 @@ from trainaudit.capture._xgboost import (  # noqa: E402
     MAX_FAILURES,
     _flatten_params,
     _loss_metric,
+    _model_trees,
+    model_tree_summary,
     tree_summary,
 )
 
@@ -170,13 +173,18 @@ def test_train_multiclass_round_trip(run_uri: str) -> None:
     assert xgb_attrs["config"]["learner"]["learner_train_param"]["booster"] == "gbtree"
 
 
-@pytest.mark.parametrize(("batch_rounds", "batch_seconds", "slices"), [(5, 1e9, 3), (1000, 0.0, ROUNDS), (1000, 1e9, 1)])
+@pytest.mark.parametrize(("batch_rounds", "batch_seconds", "slices", "from_dump"), [
+    (5, 1e9, 3, False), (1000, 0.0, ROUNDS, False), (1000, 1e9, 1, False), (5, 1e9, 3, True)])
 def test_trees_are_read_for_several_rounds_at_once_into_each_rounds_step(
-        memory_uri: str, monkeypatch: pytest.MonkeyPatch, batch_rounds: int, batch_seconds: float, slices: int) -> None:
+        memory_uri: str, monkeypatch: pytest.MonkeyPatch, batch_rounds: int, batch_seconds: float, slices: int,
+        from_dump: bool) -> None:
     """The new trees are read TREE_BATCH_ROUNDS rounds at a time (one ``model[a:b]``: ~1 ms
     of the training thread whatever it holds), or sooner when TREE_BATCH_SECONDS passed, or at
     the end; each round's trees, running importances, metrics and predictions still land in
-    that round's step, equal to the model read round by round."""
+    that round's step, equal to the model read round by round. ``from_dump``: a JSON model
+    of a layout the callback does not know, read through ``get_dump`` instead."""
+    if from_dump:
+        monkeypatch.setattr(_xgboost, "_model_trees", lambda booster: None)
     monkeypatch.setattr(_xgboost, "TREE_BATCH_ROUNDS", batch_rounds)
     monkeypatch.setattr(_xgboost, "TREE_BATCH_SECONDS", batch_seconds)
     sliced = []
@@ -397,6 +405,37 @@ def test_tree_summary_walks_child_links() -> None:
     assert tree_summary(tree, lambda f, g, c: splits.append((f, g, c))) == (3, 4, 8.0, 19.0)
     assert sorted(splits) == [("a", 1.0, 3.0), ("a", 5.0, 10.0), ("b", 2.0, 6.0)]
     assert tree_summary({"leaf": 0.3, "cover": 4.0}) == (0, 1, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("params", [
+    {"max_depth": 4},
+    {"booster": "dart", "max_depth": 3, "rate_drop": 0.2},
+    {"tree_method": "exact", "max_depth": 5, "gamma": 5.0},  # the exact updater prunes: deleted nodes
+    {"grow_policy": "lossguide", "max_depth": 0, "max_leaves": 40},
+    {"objective": "multi:softprob", "num_class": 3, "num_parallel_tree": 2, "max_depth": 3},
+], ids=["depthwise", "dart", "pruned", "lossguide", "multiclass-forest"])
+def test_trees_read_from_the_json_model_equal_the_dump_walk(params: dict[str, Any]) -> None:
+    """The callback reads a batch's trees from the JSON model (``save_raw``, ~3x cheaper than
+    ``get_dump``): per round, the same trees, and the same depth, leaves, gain, cover and
+    splits as walking the dump."""
+    x, y = classification(n=400)
+    if params.get("objective") != "multi:softprob":
+        y = (y > 0).astype(int)
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1, **params}, xgb.DMatrix(x, label=y), 6)
+    part = booster[2:5]
+    rounds = _model_trees(part)
+    dumps = part.get_dump(dump_format="json", with_stats=True)
+    assert rounds is not None and len(rounds) == 3
+    assert sum(len(r) for r in rounds) == len(dumps) and len({len(r) for r in rounds}) == 1
+    names = [f"f{i}" for i in range(x.shape[1])]
+    for tree, text in zip([t for r in rounds for t in r], dumps, strict=True):
+        got: list[tuple[str, float, float]] = []
+        want: list[tuple[str, float, float]] = []
+        summary = model_tree_summary(tree, lambda i, g, c, out=got: out.append((names[i], g, c)))
+        reference = tree_summary(json.loads(text), lambda f, g, c, out=want: out.append((f, g, c)))
+        np.testing.assert_allclose(summary, reference, rtol=1e-6)
+        assert [f for f, _, _ in sorted(got)] == [f for f, _, _ in sorted(want)]
+        np.testing.assert_allclose([g for _, g, _ in sorted(got)], [g for _, g, _ in sorted(want)], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
