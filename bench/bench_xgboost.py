@@ -134,7 +134,7 @@ def section(results: list[Result], command: str, repeats: int) -> str:
         "the wall ratio, the callback's CPU and the other threads' the medians over the alternating pairs.\n\n"
         f"{table(results)}\n\n"
         "- *callback on the training thread* is the training thread's CPU with capture minus without: the callback's\n"
-        "  own work (the new trees' dump, metrics, importances, predictions on their schedule); *other threads* is the\n"
+        "  own work (reading the new trees, metrics, importances, predictions on their schedule); *other threads* is the\n"
         "  writer and zarr's I/O threads (statistics, compression, store writes, the last flush at `close()`).\n"
         "- Neither grows with the training rows, so the relative cost falls as rounds get longer.\n"
     )

@@ -28,16 +28,18 @@ On the ``labels`` / ``predictions`` value schedule, and at the last round, for e
 far, as xgboost returns it: ``(n, num_class)`` probabilities for ``multi:softprob``).
 
 Cost. Reading the whole model every round is quadratic (NOTES.md: 27 s at 300 rounds), so the
-callback reads only the new round (``model[r:r+1]``, ~0.4-1 ms: xgboost copies the learner's
-configuration) and keeps the importances as running sums of that round's splits. Predictions
-are the one part that grows with the model (each walks all trees so far): the default schedule
-makes them every ``PREDICTION_EVERY`` rounds. Measured (300 rounds, depth 6, 20 features, two
-eval sets, 1,000 rows of eval_data, nthread=1, a busy 2-core machine, CPU time, which a loaded
-machine inflates less than wall time): the callback costs ~2.5-3 ms of training-thread CPU per
-round and the background writer ~3 ms more (15 small tensors per round); boosting itself took
-3.5 ms per round at 5,000 rows (x2.8 with capture), 15 ms at 50,000 rows (x1.3). Apart from
-the scheduled predictions, the cost per round grows with neither the training rows nor the
-rounds so far. docs/CAPTURE_XGBOOST.md has the table.
+callback reads only the new rounds' trees, from a slice of the model (``model[a:b]``: ~1 ms of
+the training thread whatever it holds, as xgboost copies and reconfigures the learner), up to
+:data:`TREE_BATCH_ROUNDS` rounds at once and at least every :data:`TREE_BATCH_SECONDS`; a
+round's records wait in the callback until then and reach the recorder in round order. The
+trees come from the slice's JSON model (``save_raw``, 3x cheaper than ``get_dump``), and the
+importances are running sums of the rounds' splits. Predictions are the one part that grows
+with the model (each walks all trees so far): the default schedule makes them every
+``PREDICTION_EVERY`` rounds. ``bench/bench_xgboost.py`` measures it (docs/BENCHMARKS.md,
+"XGBoost capture"): the callback costs the training thread 1-1.6 ms a round and the writer's
+threads ~2 ms more (300 rounds, depth 6, 20 features, two eval sets, 1,000 rows of eval_data,
+nthread=1); boosting itself took 4 ms a round at 5,000 rows (x1.55 wall with capture), 12.5 ms
+at 50,000 rows (x1.19). docs/CAPTURE_XGBOOST.md has more.
 
 Capture never crashes training: every callback body is guarded, a failure is recorded in the
 run (``run.errors``) and, after ``MAX_FAILURES`` failures, that part stops being captured.
