@@ -505,9 +505,15 @@ def _model_trees(booster: xgb.Booster) -> list[list[dict[str, Any]]] | None:
         gb = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]
         model = gb["model"] if "model" in gb else gb["gbtree"]["model"]
         trees, indptr = model["trees"], model["iteration_indptr"]
+        if not all(_TREE_ARRAYS.issubset(tree) for tree in trees):
+            return None
         return [trees[indptr[i] : indptr[i + 1]] for i in range(len(indptr) - 1)]
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         return None
+
+
+#: The node arrays of a tree in xgboost's JSON model that :func:`model_tree_summary` reads.
+_TREE_ARRAYS = frozenset({"left_children", "right_children", "loss_changes", "sum_hessian", "split_indices"})
 
 
 def model_tree_summary(tree: Mapping[str, Any], on_split: Callable[[int, float, float], None] | None = None) -> tuple[int, int, float, float]:

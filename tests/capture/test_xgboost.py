@@ -438,6 +438,26 @@ def test_trees_read_from_the_json_model_equal_the_dump_walk(params: dict[str, An
         np.testing.assert_allclose([g for _, g, _ in sorted(got)], [g for _, g, _ in sorted(want)], rtol=1e-6)
 
 
+def test_a_json_model_of_another_layout_is_not_read() -> None:
+    """``_model_trees`` reads only the layout it knows; anything else sends the callback to
+    ``get_dump`` (tested above with the whole training)."""
+    x, y = classification()
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1, "max_depth": 2}, xgb.DMatrix(x, label=(y > 0)), 2)
+    model = json.loads(booster.save_raw("json"))
+
+    class Raw:
+        def __init__(self, doc: Any) -> None:
+            self.doc = doc
+
+        def save_raw(self, raw_format: str) -> bytes:
+            return json.dumps(self.doc).encode()
+
+    assert _model_trees(Raw(model)) is not None
+    del model["learner"]["gradient_booster"]["model"]["trees"][1]["loss_changes"]
+    assert _model_trees(Raw(model)) is None
+    assert _model_trees(Raw({"learner": {"gradient_booster": {"name": "gblinear", "model": {"weights": [0.1]}}}})) is None
+
+
 @pytest.mark.parametrize(
     ("metrics", "want"),
     [
