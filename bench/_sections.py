@@ -8,6 +8,8 @@ survives the rewrite: numbers come from the command, judgement from people.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 
 KEEP = "<!-- written by hand: kept when the benchmark rewrites this section -->"
 
@@ -31,3 +33,20 @@ def write_section(path: str, heading: str, text: str) -> None:
         new = "".join(lines[:start]) + body + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(new)
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, as docs/BENCHMARKS.md quotes it."""
+    args = " ".join(sys.argv[1:])
+    return f"OMP_NUM_THREADS=1 .venv/bin/python bench/{os.path.basename(sys.argv[0])} {args}".strip()
+
+
+def publish(path: str, heading: str, table: str, section: Callable[[str], str], *, quick: bool) -> None:
+    """Print ``table``; unless ``quick``, write the ``heading`` section of ``path`` that
+    ``section(command)`` makes from the command that ran."""
+    print()
+    print(table)
+    if quick:
+        return
+    write_section(os.path.abspath(path), heading, section(command_line()))
+    print(f"\nwrote the {heading!r} section of {os.path.abspath(path)}")

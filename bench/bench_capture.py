@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
-from _sections import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+from _sections import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 from torch import nn  # noqa: E402
 
 from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run  # noqa: E402
@@ -305,12 +304,8 @@ def main() -> None:
                 results.append(r)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(table(results))
-    if not args.quick:
-        command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py " + " ".join(sys.argv[1:])
-        write_section(os.path.abspath(args.out), SECTION, section(results, command.strip(), args.rounds, args.block))
-        print(f"\nwrote the {SECTION!r} section of {os.path.abspath(args.out)}")
+    publish(args.out, SECTION, table(results), lambda command: section(results, command, args.rounds, args.block),
+            quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import xgboost as xgb  # noqa: E402
-from _sections import write_section  # noqa: E402  (bench/ is on sys.path: run as a script)
+from _sections import publish  # noqa: E402  (bench/ is on sys.path: run as a script)
 
 from trainaudit.capture import XGBoostCallback  # noqa: E402
 
@@ -159,12 +158,7 @@ def main() -> None:
             results.append(r)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print(table(results))
-    if not args.quick:
-        command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_xgboost.py " + " ".join(sys.argv[1:])
-        write_section(os.path.abspath(args.out), SECTION, section(results, command.strip(), args.repeats))
-        print(f"\nwrote the {SECTION!r} section of {os.path.abspath(args.out)}")
+    publish(args.out, SECTION, table(results), lambda command: section(results, command, args.repeats), quick=args.quick)
 
 
 if __name__ == "__main__":
