@@ -32,7 +32,7 @@ callback reads only the new rounds' trees, from a slice of the model (``model[a:
 the training thread whatever it holds, as xgboost copies and reconfigures the learner), up to
 :data:`TREE_BATCH_ROUNDS` rounds at once and at least every :data:`TREE_BATCH_SECONDS`; a
 round's records wait in the callback until then and reach the recorder in round order. The
-trees come from the slice's JSON model (``save_raw``, 3x cheaper than ``get_dump``), and the
+trees come from the slice's JSON model (``save_raw``, 2.5x cheaper than ``get_dump``), and the
 importances are running sums of the rounds' splits. Predictions are the one part that grows
 with the model (each walks all trees so far): the default schedule makes them every
 ``PREDICTION_EVERY`` rounds. ``bench/bench_xgboost.py`` measures it (docs/BENCHMARKS.md,
@@ -417,6 +417,7 @@ class XGBoostCallback(TrainingCallback):
             self._record_importances(p)
 
     def _split_at(self, feature: int, gain: float, cover: float) -> None:
+        """Add one split on feature number ``feature`` to the running importances."""
         if not 0 <= feature < len(self._split_count):
             raise KeyError(f"split on unknown feature index {feature}")
         self._split_count[feature] += 1
@@ -424,14 +425,13 @@ class XGBoostCallback(TrainingCallback):
         self._split_cover[feature] += cover
 
     def _split_feature(self, feature: str, gain: float, cover: float) -> None:
+        """:meth:`_split_at` for a split the dump names by feature (its name, or ``f<index>``)."""
         i = self._feature_index.get(feature)
         if i is None and feature.startswith("f") and feature[1:].isdigit():
             i = int(feature[1:])
-        if i is None or i >= len(self._split_count):
+        if i is None:
             raise KeyError(f"split on unknown feature {feature!r}")
-        self._split_count[i] += 1
-        self._split_gain[i] += gain
-        self._split_cover[i] += cover
+        self._split_at(i, gain, cover)
 
     def _record_importances(self, pending: _PendingRound) -> None:
         count = self._split_count
@@ -498,8 +498,9 @@ class XGBoostCallback(TrainingCallback):
 
 
 def _model_trees(booster: xgb.Booster) -> list[list[dict[str, Any]]] | None:
-    """The trees of ``booster`` by round, from its JSON model (``save_raw``: ~0.3 ms a tree with
-    the parse, against ~0.9 ms for ``get_dump`` with stats); None when the layout is not the
+    """The trees of ``booster`` by round, from its JSON model (``save_raw``: ~0.26 ms a tree with
+    the parse, against ~0.66 ms for ``get_dump`` with stats and its parse, by
+    bench/probe_xgboost_trees.py on slices of 16 rounds); None when the layout is not the
     gbtree / dart one this reads."""
     try:
         gb = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]

@@ -415,7 +415,7 @@ def test_tree_summary_walks_child_links() -> None:
     {"objective": "multi:softprob", "num_class": 3, "num_parallel_tree": 2, "max_depth": 3},
 ], ids=["depthwise", "dart", "pruned", "lossguide", "multiclass-forest"])
 def test_trees_read_from_the_json_model_equal_the_dump_walk(params: dict[str, Any]) -> None:
-    """The callback reads a batch's trees from the JSON model (``save_raw``, ~3x cheaper than
+    """The callback reads a batch's trees from the JSON model (``save_raw``, ~2.5x cheaper than
     ``get_dump``): per round, the same trees, and the same depth, leaves, gain, cover and
     splits as walking the dump."""
     x, y = classification(n=400)
