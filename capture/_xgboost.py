@@ -30,8 +30,8 @@ far, as xgboost returns it: ``(n, num_class)`` probabilities for ``multi:softpro
 Cost. Reading the whole model every round is quadratic (NOTES.md: 27 s at 300 rounds), so the
 callback reads only the new rounds' trees, from a slice of the model (``model[a:b]``: ~1 ms of
 the training thread whatever it holds, as xgboost copies and reconfigures the learner), up to
-:data:`TREE_BATCH_ROUNDS` rounds at once and at least every :data:`TREE_BATCH_SECONDS`; a
-round's records wait in the callback until then and reach the recorder in round order. The
+:data:`TREE_BATCH_ROUNDS` rounds at once and at least every :data:`TREE_BATCH_SECONDS` (slow
+rounds one by one); a round's records wait in the callback until then and reach the recorder in round order. The
 trees come from the slice's JSON model (``save_raw``, 2.5x cheaper than ``get_dump``), and the
 importances are running sums of the rounds' splits. Predictions are the one part that grows
 with the model (each walks all trees so far): the default schedule makes them every
@@ -84,7 +84,9 @@ MAX_FAILURES = 3
 #: learner), on rounds of a few milliseconds. A round's records wait in the callback until its
 #: trees are read ...
 TREE_BATCH_ROUNDS = 16
-#: ... and never longer than this (seconds), so a live audit sees them this much later at most.
+#: ... and not much longer than this (seconds), so a live audit sees them this much later at
+#: most. Rounds that take longer than TREE_BATCH_SECONDS / TREE_BATCH_ROUNDS each (where a
+#: slice is a small part of a round) are read at once, one by one.
 TREE_BATCH_SECONDS = 0.5
 
 
@@ -196,6 +198,7 @@ class XGBoostCallback(TrainingCallback):
         self._model: xgb.Booster | None = None
         self._pending: list[_PendingRound] = []
         self._pending_since = 0.0
+        self._round_ended = time.monotonic()  # when the previous round's after_iteration ran
         self._mode_step0 = 0  # the recorder's train step at the first round of this training
         self._rounds_seen = 0
         self._failures: dict[str, int] = {}
@@ -260,7 +263,10 @@ class XGBoostCallback(TrainingCallback):
             _, due = self.config.due("predictions", "train", mode_step)
             if due and self.config.wants("predictions", f"predictions/{name}"):
                 self._guard(f"predictions/{name}", self._record_predictions, model, name, dm, pending)
-        if len(self._pending) >= TREE_BATCH_ROUNDS or time.monotonic() - self._pending_since >= TREE_BATCH_SECONDS:
+        now = time.monotonic()
+        round_seconds, self._round_ended = now - self._round_ended, now
+        if (len(self._pending) >= TREE_BATCH_ROUNDS or now - self._pending_since >= TREE_BATCH_SECONDS
+                or round_seconds >= TREE_BATCH_SECONDS / TREE_BATCH_ROUNDS):
             self._drain()
         try:
             if rec.stop_requested:

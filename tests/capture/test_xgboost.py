@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -173,16 +174,31 @@ def test_train_multiclass_round_trip(run_uri: str) -> None:
     assert xgb_attrs["config"]["learner"]["learner_train_param"]["booster"] == "gbtree"
 
 
-@pytest.mark.parametrize(("batch_rounds", "batch_seconds", "slices", "from_dump"), [
-    (5, 1e9, 3, False), (1000, 0.0, ROUNDS, False), (1000, 1e9, 1, False), (5, 1e9, 3, True)])
+class _SlowRounds(xgb.callback.TrainingCallback):
+    """Makes every boosting round take at least ``seconds`` (runs before the capture's callback)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        time.sleep(self.seconds)
+        return False
+
+
+@pytest.mark.parametrize(("batch_rounds", "batch_seconds", "round_seconds", "slices", "from_dump"), [
+    (5, 1e9, 0.0, 3, False), (1000, 0.0, 0.0, ROUNDS, False), (1000, 1e9, 0.0, 1, False), (5, 1e9, 0.0, 3, True),
+    (16, 0.5, 0.05, ROUNDS, False)],
+    ids=["batches-of-5", "time-up-each-round", "one-batch", "batches-of-5-from-dump", "slow-rounds-one-by-one"])
 def test_trees_are_read_for_several_rounds_at_once_into_each_rounds_step(
-        memory_uri: str, monkeypatch: pytest.MonkeyPatch, batch_rounds: int, batch_seconds: float, slices: int,
-        from_dump: bool) -> None:
+        memory_uri: str, monkeypatch: pytest.MonkeyPatch, batch_rounds: int, batch_seconds: float, round_seconds: float,
+        slices: int, from_dump: bool) -> None:
     """The new trees are read TREE_BATCH_ROUNDS rounds at a time (one ``model[a:b]``: ~1 ms
     of the training thread whatever it holds), or sooner when TREE_BATCH_SECONDS passed, or at
-    the end; each round's trees, running importances, metrics and predictions still land in
-    that round's step, equal to the model read round by round. ``from_dump``: a JSON model
-    of a layout the callback does not know, read through ``get_dump`` instead."""
+    the end, and one by one when rounds are slow (a slice is then a small part of a round);
+    each round's trees, running importances, metrics and predictions still land in that
+    round's step, equal to the model read round by round. ``from_dump``: a JSON model of a
+    layout the callback does not know, read through ``get_dump`` instead."""
     if from_dump:
         monkeypatch.setattr(_xgboost, "_model_trees", lambda booster: None)
     monkeypatch.setattr(_xgboost, "TREE_BATCH_ROUNDS", batch_rounds)
@@ -202,7 +218,7 @@ def test_trees_are_read_for_several_rounds_at_once_into_each_rounds_step(
     evals_result: dict[str, Any] = {}
     cb = XGBoostCallback(memory_uri, eval_data={"valid": dvalid})
     booster = xgb.train(params, dtrain, ROUNDS, evals=[(dvalid, "valid")], evals_result=evals_result,
-                        verbose_eval=False, callbacks=[cb])
+                        verbose_eval=False, callbacks=[_SlowRounds(round_seconds), cb])
     assert len(sliced) == slices, sliced
     monkeypatch.setattr(xgb.Booster, "__getitem__", getitem)
 
