@@ -36,7 +36,7 @@ from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run
 from trainaudit.capture import TorchHook, _torch, _writer  # noqa: E402
 from trainaudit.capture._torch_params import ParameterCopy  # noqa: E402
 
-HOOK_METHODS = ("_on_module_output", "_on_activation_input", "_on_model_forward", "_on_model_forward_end",
+HOOK_METHODS = ("_on_module_output", "_on_activation_input", "_on_activation", "_on_model_forward", "_on_model_forward_end",
                 "_on_loss", "_on_optimizer_pre", "_on_optimizer_post")
 
 
@@ -57,6 +57,7 @@ class NoopModuleHook(TorchHook):
 
     _on_module_output = _noop
     _on_activation_input = _noop
+    _on_activation = _noop
 
 
 def _writer_idle(hook: TorchHook) -> None:

@@ -38,7 +38,7 @@ from torch import nn
 from trainaudit.capture import TorchHook, _writer
 
 #: The TorchHook methods that run on the training thread, timed by the fourth arm.
-HOOK_METHODS = ("_on_model_forward", "_on_model_forward_end", "_on_module_output", "_on_activation_input", "_on_loss",
+HOOK_METHODS = ("_on_model_forward", "_on_model_forward_end", "_on_module_output", "_on_activation_input", "_on_activation", "_on_loss",
                 "_on_backward_start", "_on_optimizer_pre", "_on_optimizer_post")
 
 

@@ -33,7 +33,7 @@ from trainaudit.capture import TorchHook, _torch  # noqa: E402
 
 #: The hooks PyTorch calls (the release of held steps runs inside ``_on_loss`` here, since the
 #: loss module is registered, so it is not timed on its own: it would count twice).
-HOOKS = ("_on_model_forward", "_on_module_output", "_on_activation_input", "_on_model_forward_end",
+HOOKS = ("_on_model_forward", "_on_module_output", "_on_activation_input", "_on_activation", "_on_model_forward_end",
          "_on_loss", "_on_optimizer_pre", "_on_optimizer_post")
 
 
@@ -56,7 +56,8 @@ def main() -> None:
         return wrapper
 
     for name in HOOKS:
-        setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
+        if hasattr(_torch.TorchHook, name):  # (an older version, measured for comparison, may lack one)
+            setattr(_torch.TorchHook, name, timed(name, getattr(_torch.TorchHook, name)))
     training = MLPTraining.make()
     with tempfile.TemporaryDirectory() as tmp:
         hook = TorchHook(os.path.join(tmp, "run")).register(training.model, training.optimizer, training.loss_fn)

@@ -74,7 +74,9 @@ class Recorder:
         self.mode = "train"
         self.global_step = 0
         self.mode_steps = {m: 0 for m in MODES}
-        self._open: StepRecord | None = None
+        #: The step being recorded (None between steps): a new one is opened by the first
+        #: ``add`` after a step ended, so its identity tells a hook that a step began.
+        self.current: StepRecord | None = None
         self._closed = False
         #: Called as a step ends, before it is handed to the writer (the PyTorch hook reduces
         #: the step's CUDA tensors there). Exceptions are recorded, never raised.
@@ -106,15 +108,15 @@ class Recorder:
 
     def add(self, name: str, collection: str, payload: Payload, *, values: bool, meta: Mapping[str, Any] | None = None) -> None:
         """Add one tensor to the current step (the hooks' fast path: no checks)."""
-        rec = self._open
+        rec = self.current
         if rec is None:
-            rec = self._open = StepRecord(self.global_step, self.mode, self.mode_step, time.time())
+            rec = self.current = StepRecord(self.global_step, self.mode, self.mode_step, time.time())
         rec.put(StepItem(name, collection, payload, values, meta))
 
     def end_step(self) -> None:
         """Close the current step: submit what was recorded and advance the counters.
         A step in which nothing was recorded is not counted."""
-        rec = self._open
+        rec = self.current
         if rec is None:
             return
         if self.before_step_end is not None:
@@ -122,7 +124,7 @@ class Recorder:
                 self.before_step_end()
             except Exception as exc:  # capture never crashes training
                 self.writer._record_error("hook", f"end of step {rec.global_step}: {type(exc).__name__}: {exc}")
-        self._open = None
+        self.current = None
         self.writer.submit(rec)
         self.global_step += 1
         self.mode_steps[rec.mode] += 1
@@ -148,9 +150,9 @@ class Recorder:
         try:
             if mode is not None and mode != self.mode:
                 self.set_mode(mode)
-            if step is not None and self._open is not None and step != self._open.global_step:
+            if step is not None and self.current is not None and step != self.current.global_step:
                 self.end_step()
-            if step is not None and self._open is None:
+            if step is not None and self.current is None:
                 self.global_step = int(step)
             stats_due, values_due = self.due(collection, name)
             if save_values is not None:

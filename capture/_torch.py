@@ -2,7 +2,8 @@
 
 What the training thread pays, per captured tensor and step, on CPU: mostly nothing. Module
 outputs, inputs and gradients go to the writer by reference, checked against their version
-counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead);
+counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead),
+a step's references as one batch the writer expands (``ReferenceBatch``, ``ParameterBatch``);
 weights, which the optimizer changes in place, are copied by a helper thread while the next
 step's forward pass runs (``_torch_params``). On CUDA: a step's tensors are reduced together
 by a few dozen asynchronous kernels, replayed as one CUDA graph once the step's layout repeats
@@ -52,10 +53,12 @@ from ._torch_snapshot import (
     ArgmaxPayload,
     CopyPolicy,
     ParameterBatch,
+    ReferenceBatch,
     TorchPayload,
     UpdatePayload,
     torch_stats,
 )
+from ._writer import StepRecord
 
 __all__ = ["TorchHook", "torch_stats"]
 
@@ -113,9 +116,11 @@ class _ModuleSlots:
 #: ``_due`` cache entry for a collection not due at this step.
 _NOT_DUE = (False, False)
 
-#: The step item that carries the optimizer step's parameter tensors (a ParameterBatch); not a
-#: tensor name (names are "<collection>/<name>"), and never stored.
+#: The step items that carry the optimizer step's parameter tensors (a ParameterBatch) and the
+#: tensors passed by reference (a ReferenceBatch); not tensor names (names are
+#: "<collection>/<name>"), and never stored.
 PARAMETER_BATCH = "\x00parameters"
+REFERENCES = "\x00references"
 
 
 class TorchHook:
@@ -195,6 +200,9 @@ class TorchHook:
         # One tensor captured under two names in a step (a conv's output is the next ReLU's
         # input) gets one payload, so its statistics are computed once.
         self._step_payloads: dict[tuple[Any, ...], TorchPayload | DevicePayload] = {}
+        # The tensors of the current step passed by reference, and the step they belong to.
+        self._references: ReferenceBatch | None = None
+        self._references_step: StepRecord | None = None
         self._copier = ParameterCopier(f"trainaudit-params-{self.recorder.writer.run_id}")
         # CUDA tensors are reduced a step at a time (_torch_device): before the optimizer
         # changes the weights, and whenever a step ends.
@@ -225,11 +233,18 @@ class TorchHook:
             # slower call path (tens of microseconds per call on a CPU step).
             act = _activation(m)
             slots = _ModuleSlots(name, act)
-            if act is not None and "activation_inputs" in collections:
+            inputs_hooked = act is not None and "activation_inputs" in collections
+            outputs_hooked = not list(m.children()) and "outputs" in collections
+            if inputs_hooked and outputs_hooked and not getattr(m, "inplace", False):
+                # One hook sees both (each hooked call costs microseconds). An in-place
+                # activation overwrites its input, which only a pre-hook sees as it was.
+                self._handles.append(m.register_forward_hook(partial(self._on_activation, slots)))
+                inputs_hooked = outputs_hooked = False
+            if inputs_hooked:
                 self._handles.append(m.register_forward_pre_hook(partial(self._on_activation_input, slots)))
             if isinstance(m, nn.Embedding) and "tokens" in collections:
                 self._handles.append(m.register_forward_pre_hook(partial(self._on_tokens, name)))
-            if not list(m.children()) and "outputs" in collections:
+            if outputs_hooked:
                 self._handles.append(m.register_forward_hook(partial(self._on_module_output, slots)))
         for pname, p in model.named_parameters():
             owner = pname.rsplit(".", 1)[0] if "." in pname else ""
@@ -321,6 +336,7 @@ class TorchHook:
         self._probes_old.clear()
         self._probes_new.clear()
         self._step_payloads.clear()
+        self._references = self._references_step = None
         self.recorder.close()
 
     def __enter__(self) -> TorchHook:
@@ -350,8 +366,8 @@ class TorchHook:
             due = self._due_cache[collection] = (stats_due, values_due) if (stats_due or values_due) else _NOT_DUE
         return due
 
-    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, how: str | None = None) -> TorchPayload | None:
-        """Snapshot ``t`` into the current step if its schedule says so; returns the payload.
+    def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, how: str | None = None) -> None:
+        """Snapshot ``t`` into the current step if its schedule says so.
 
         ``how`` is a :class:`TorchPayload` hand-over; None lets the name's :class:`CopyPolicy`
         choose between a reference and a copy.
@@ -359,18 +375,28 @@ class TorchHook:
         slot = self._slot(name, collection, meta)
         if meta is not None:
             slot.meta = meta
-        return self._capture_slot(slot, t, how)
+        self._capture_slot(slot, t, how)
 
     def _capture_slot(self, slot: _Slot, t: torch.Tensor, how: str | None = None,
-                      payload_type: type[TorchPayload] = TorchPayload) -> TorchPayload | None:
+                      payload_type: type[TorchPayload] = TorchPayload) -> None:
         if not slot.wanted:
-            return None
+            return
+        policy = slot.policy
+        if how is None and policy is not None and policy.probes_left == 0 and not policy.copy and not t.is_cuda:
+            # The steady state of most names: a CPU tensor passed by reference (ReferenceBatch).
+            try:
+                version = t._version
+            except RuntimeError:  # an inference tensor has no version counter: copied below
+                pass
+            else:
+                self._add_reference(slot, t, version, payload_type)
+                return
         stats_due, values_due = self._due(slot.collection)
         if not (stats_due or values_due):
-            return None
-        policy = None
-        if how != "owned":
-            policy = slot.policy
+            return
+        if how == "owned":
+            policy = None
+        else:
             if policy is None:
                 policy = slot.policy = self._policies.setdefault(slot.name, CopyPolicy())
             if policy.copy or t.is_inference():  # inference tensors have no version counter
@@ -385,8 +411,32 @@ class TorchHook:
             payload: Any = self._shared_payload(t, values_due, how or "copy", policy)
         else:  # a payload that transforms the tensor is its own, never shared
             payload = payload_type(t, how=how or "copy", policy=policy)
+        if self._references is not None and self.recorder.current is self._references_step:
+            self._references.discard(slot.name)  # (this name went by reference earlier in the step)
         self.recorder.add(slot.name, slot.collection, payload, values=values_due, meta=slot.meta)
-        return payload
+
+    def _add_reference(self, slot: _Slot, t: torch.Tensor, version: int, payload_type: type[TorchPayload]) -> None:
+        """Add ``t`` to the step's :class:`ReferenceBatch` if its collection is due (the batch
+        is opened with the step's first reference)."""
+        refs = self._references
+        if refs is not None and self.recorder.current is self._references_step:
+            due = refs.due.get(slot.collection)
+            if due is None:
+                due = refs.due[slot.collection] = self._due(slot.collection)
+            if due is _NOT_DUE:
+                return
+        else:
+            due = self._due(slot.collection)
+            if due is _NOT_DUE:
+                return  # (before opening anything: a step with nothing recorded is not counted)
+            refs = self._references = ReferenceBatch()
+            refs.due[slot.collection] = due
+            self.recorder.add(REFERENCES, "other", refs, values=False)
+            self._references_step = self.recorder.current
+        step = self._references_step
+        if step is not None and slot.name in step.index:  # went as a copy earlier in the step
+            step.drop(slot.name)
+        refs.add(slot, t, version, due[1], payload_type)
 
     def _new_payload(self, t: torch.Tensor, values: bool, how: str, policy: CopyPolicy | None) -> TorchPayload | DevicePayload:
         if t.is_cuda:
@@ -486,20 +536,35 @@ class TorchHook:
 
     def _on_module_output(self, slots: _ModuleSlots, module: nn.Module, inputs: Any, output: Any) -> None:
         try:
-            slot = slots.output or self._module_slot(slots, "outputs")
-            if slot.wanted and isinstance(output, torch.Tensor) and output.is_floating_point():
-                self._capture_slot(slot, output)
+            self._capture_output(slots, output)
         except Exception as exc:
             self._error(f"outputs/{slots.name}", exc)
 
     def _on_activation_input(self, slots: _ModuleSlots, module: nn.Module, args: tuple[Any, ...]) -> None:
         # A pre-hook: an in-place activation (ReLU(inplace=True)) has not overwritten it yet.
         try:
-            slot = slots.act_input or self._module_slot(slots, "activation_inputs")
-            if slot.wanted and args and isinstance(args[0], torch.Tensor):
-                self._capture_slot(slot, args[0])
+            self._capture_activation_input(slots, args)
         except Exception as exc:
             self._error(f"activation_inputs/{slots.name}", exc)
+
+    def _on_activation(self, slots: _ModuleSlots, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        """The forward hook of an activation module that does not work in place: its input
+        (unchanged by the call) and its output."""
+        try:
+            self._capture_activation_input(slots, args)
+            self._capture_output(slots, output)
+        except Exception as exc:
+            self._error(f"activations/{slots.name}", exc)
+
+    def _capture_output(self, slots: _ModuleSlots, output: Any) -> None:
+        slot = slots.output or self._module_slot(slots, "outputs")
+        if slot.wanted and isinstance(output, torch.Tensor) and output.is_floating_point():
+            self._capture_slot(slot, output)
+
+    def _capture_activation_input(self, slots: _ModuleSlots, args: tuple[Any, ...]) -> None:
+        slot = slots.act_input or self._module_slot(slots, "activation_inputs")
+        if slot.wanted and args and isinstance(args[0], torch.Tensor):
+            self._capture_slot(slot, args[0])
 
     def _on_tokens(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         try:

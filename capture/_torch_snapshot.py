@@ -31,7 +31,7 @@ from ._compat import HAS_FAST_STATS, abs_sum_f32, diff_sumsq, fast_stats
 from ._format import scalar_stats
 
 __all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
-           "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
+           "ReferenceBatch", "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
 
 _FLOATS = (torch.float32, torch.float64)
 
@@ -292,3 +292,66 @@ class ParameterBatch:
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError("a ParameterBatch is expanded by the writer, never resolved itself")
+
+
+class ReferenceBatch:
+    """The CPU tensors of one step that the hooks pass by reference (module outputs, activation
+    inputs, the model's input, the loss, labels and predictions), handed to the writer as one
+    step item that it expands on its own thread.
+
+    A module hook runs for every module at every step, between two large matrix products that
+    leave the interpreter's caches cold: building a payload and a step item for each tensor
+    there cost the training thread ~15 us a tensor. Here a hook appends
+    ``(slot, tensor, version counter, values due, payload type)`` to ``entries`` and the writer
+    makes the payloads. A name recorded twice in a step (gradient accumulation) keeps its last
+    tensor, as :meth:`StepRecord.put` does: ``index`` maps a name to its entry, and a name
+    moved to another step item is dropped with :meth:`discard`. ``slot`` is anything with
+    ``name``, ``collection``, ``meta`` and ``policy`` attributes (the hook's slots).
+    """
+
+    __slots__ = ("entries", "index", "due")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, ...] | None] = []
+        self.index: dict[str, int] = {}
+        #: The step's ``(stats, values)`` due per collection, as the hook looked them up.
+        self.due: dict[str, tuple[bool, bool]] = {}
+
+    def add(self, slot: Any, t: torch.Tensor, version: int, values: bool, payload_type: type[TorchPayload]) -> None:
+        i = self.index.get(slot.name)
+        if i is None:
+            self.index[slot.name] = len(self.entries)
+            self.entries.append((slot, t, version, values, payload_type))
+        else:
+            self.entries[i] = (slot, t, version, values, payload_type)
+
+    def discard(self, name: str) -> None:
+        i = self.index.pop(name, None)
+        if i is not None:
+            self.entries[i] = None
+
+    def expand(self) -> list[tuple[str, str, Any, bool, Any]]:
+        """``(name, collection, meta, values_due, payload)`` for each entry. One tensor under two
+        names (a layer's output is the next activation's input) gets one payload, so its
+        statistics are computed once; the references keep the tensors alive, so no other
+        tensor of the step can have the same id."""
+        shared: dict[tuple[int, int], TorchPayload] = {}
+        out = []
+        for entry in self.entries:
+            if entry is None:
+                continue
+            slot, t, version, values, payload_type = entry
+            if payload_type is TorchPayload:
+                key = (id(t), version)
+                payload = shared.get(key)
+                if payload is None:
+                    payload = shared[key] = TorchPayload(t, how="ref", policy=slot.policy, version=version)
+            else:  # a payload that transforms the tensor is its own
+                payload = payload_type(t, how="ref", policy=slot.policy, version=version)
+            out.append((slot.name, slot.collection, slot.meta, values, payload))
+        # The hook keeps this batch until the next step's opens: let go of the tensors now.
+        self.entries, self.index = [], {}
+        return out
+
+    def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        raise RuntimeError("a ReferenceBatch is expanded by the writer, never resolved itself")

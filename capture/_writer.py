@@ -130,6 +130,12 @@ class StepRecord:
         else:
             self.items[i] = item
 
+    def drop(self, name: str) -> None:
+        """Forget ``name``'s item (it is recorded again another way: see ReferenceBatch)."""
+        i = self.index.pop(name, None)
+        if i is not None:
+            self.items[i] = StepItem(name, "other", None, False)
+
 
 class ResolvedStep(NamedTuple):
     """A step's numbers, waiting for the next flush: the names of its tensors, their statistics
@@ -595,6 +601,8 @@ class RunWriter:
         ``expand()``, like the PyTorch hook's parameter batch) replaced by one item each."""
         items: list[StepItem] = []
         for item in rec.items:
+            if item.payload is None:
+                continue  # dropped (StepRecord.drop)
             expand = getattr(item.payload, "expand", None)
             if expand is None:
                 items.append(item)
@@ -604,6 +612,11 @@ class RunWriter:
             except Exception as exc:
                 self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
             item.payload = None
+        if len({item.name for item in items}) < len(items):
+            # A name both in an expanded item and on its own (a number recorded under a name
+            # a hook passed by reference): the last one recorded wins, as in StepRecord.put.
+            last = {item.name: i for i, item in enumerate(items)}
+            items = [item for i, item in enumerate(items) if last[item.name] == i]
         return items
 
     def _batch_stats(self, items: list[StepItem]) -> None:

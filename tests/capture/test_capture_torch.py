@@ -140,6 +140,8 @@ def test_mlp_tanh_sigmoid_activation_inputs(local_dir: str) -> None:
     uri = _run_dir(local_dir)
     with TorchHook(uri, config=CaptureConfig.full()) as hook:
         train(model, hook, x, y, steps=3)
+        # one forward hook per activation (input and output), no pre-hook: each hooked call costs
+        assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in (model[1], model[3])] == [(0, 1), (0, 1)]
     run = open_run(uri)
     acts = {t.name: t.meta for t in run.tensors("activation_inputs")}
     assert set(acts) == {"activation_inputs/1", "activation_inputs/3"}
@@ -209,6 +211,62 @@ def test_gradient_accumulation_a_step_is_an_optimizer_step(local_dir: str) -> No
     # per-forward tensors keep the last micro-batch of the step
     _assert_values(run, "inputs/model", tr.inputs)
     assert run.stats("outputs/0").step.tolist() == list(range(5))
+
+
+def test_a_name_that_turns_to_references_mid_step_keeps_its_last_micro_batch(local_dir: str) -> None:
+    """Gradient accumulation while names change hands: ``other/extra`` first appears in the
+    second step, after the step's other tensors already go by reference (one ReferenceBatch
+    per step), so its first micro-batches are copies (its probes) and its later ones
+    references, inside one step. Each step must keep the last micro-batch's tensor, and a
+    number recorded after a tensor under one name in a step wins, as any later record does."""
+    torch.manual_seed(5)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri, config=CaptureConfig.full()).register(model, opt, nn.CrossEntropyLoss())
+    extra: dict[int, np.ndarray] = {}
+    for s in range(4):
+        opt.zero_grad()
+        for k in range(4):
+            xb, yb = x[(4 * s + k) * 8 :][:8], y[(4 * s + k) * 8 :][:8]
+            out = model(xb)
+            if s >= 1:
+                t = out.detach() * (k + 1)  # a new tensor every micro-batch
+                hook.record("other/extra", t, collection="other")
+                extra[s] = t.numpy().copy()
+            hook.record("other/overridden", out.detach() + 1, collection="other")
+            nn.CrossEntropyLoss()(out, yb).backward()
+        hook.record("other/overridden", float(s), collection="other")
+        if s == 1:
+            assert hook._references is not None and hook._references.entries  # references in this step
+        opt.step()
+    hook.close()
+    run = open_run(uri)
+    assert run.errors == []
+    assert not hook._policies["other/extra"].copy and hook._policies["other/extra"].probes_left == 0
+    assert run.stats("other/extra").step.tolist() == [1, 2, 3]
+    for s in (1, 2, 3):
+        np.testing.assert_array_equal(run.values("other/extra", s), extra[s])
+    assert [float(run.values("other/overridden", s)) for s in range(4)] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_references_are_let_go_once_the_writer_has_read_them(local_dir: str) -> None:
+    """The hook keeps the last step's ReferenceBatch; once the writer has expanded it, the
+    batch holds no tensor, so a step's activations do not outlive it."""
+    import weakref
+
+    torch.manual_seed(6)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(128, (20,), 4)
+    seen: list[weakref.ref[torch.Tensor]] = []
+    hook = TorchHook(_run_dir(local_dir))
+    model.register_forward_hook(lambda m, a, out: seen.append(weakref.ref(out)))
+    train(model, hook, x, y, steps=6)
+    hook.flush()
+    assert hook._references is not None and hook._references.entries == []
+    assert all(r() is None for r in seen[:-1])  # (the last output lives in the training loop's trace)
+    hook.close()
 
 
 @pytest.mark.parametrize("set_to_none", [True, False])
@@ -470,6 +528,7 @@ def test_in_place_activations_are_read_as_they_were_captured(local_dir: str, dev
     uri = _run_dir(local_dir)
     hook = TorchHook(uri, config=CaptureConfig.full())
     tr = train(model, hook, x, y, steps=8)
+    assert len(model[1]._forward_pre_hooks) == 1  # the input of an in-place activation: before the call
     hook.close()
     run = open_run(uri)
     assert run.errors == []
