@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,3 +108,12 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + THREAD_NICENESS))
     except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
         pass
+
+
+def yield_gil(seconds: float) -> None:
+    """Let a thread waiting for the GIL take it: released for ``seconds`` (at most 1 ms) by
+    the extension, which spins; without it, a sleep (at least the OS's timer slack, ~50 us)."""
+    if _fastats is not None:
+        _fastats.yield_gil(seconds)
+    else:  # pragma: no cover - built without a compiler
+        time.sleep(seconds)

@@ -20,11 +20,13 @@
  *       into dst on the way (prev may be None): a parameter's copy, statistics and update
  *       norm in one pass over its memory.
  *   snapshot_many(triples) -> [snapshot(*t) for t in triples], the GIL released once
+ *   yield_gil(seconds) -> None: let go of the GIL for `seconds` (at most 1 ms), spinning
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #define LANES 16
 #define BLOCK 512
@@ -424,6 +426,25 @@ done:
     return result;
 }
 
+/* Hand the GIL to a thread waiting for it. Releasing and retaking it at once does not: the
+ * waiter, woken through a futex, is still getting onto its CPU when this thread takes the GIL
+ * back. time.sleep() would, but sleeps at least the timer slack (50 us by default) and often
+ * far longer; spinning holds the wait to what was asked, on a core that capture has anyway. */
+static PyObject *py_yield_gil(PyObject *self, PyObject *arg) {
+    double seconds = PyFloat_AsDouble(arg);
+    if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(seconds > 0)) Py_RETURN_NONE;
+    if (seconds > 1e-3) seconds = 1e-3;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec) < seconds);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"stats", py_stats, METH_O,
      "stats(buffer) -> (count, nan, posinf, neginf, zero, min, max, sum, sumsq, l1) of a contiguous "
@@ -438,6 +459,9 @@ static PyMethodDef methods[] = {
     {"snapshot_many", py_snapshot_many, METH_O,
      "snapshot_many(triples) -> [snapshot(src, dst, prev) for src, dst, prev in triples], the GIL "
      "released once for all of them."},
+    {"yield_gil", py_yield_gil, METH_O,
+     "yield_gil(seconds) -> None: release the GIL for `seconds` (at most 1 ms), so that a thread "
+     "waiting for it takes it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,7 +20,7 @@ many tensors at a time, and reach pinned host memory asynchronously.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -273,9 +273,9 @@ class ParameterBatch:
     def __init__(self) -> None:
         self.entries: list[tuple[Any, ...]] = []
 
-    def expand(self) -> list[tuple[str, str, Any, bool, Any]]:
-        """``(name, collection, meta, values_due, payload)`` for each entry."""
-        out = []
+    def expand(self) -> Iterator[tuple[str, str, Any, bool, Any]]:
+        """``(name, collection, meta, values_due, payload)`` for each entry (a generator: the
+        writer hands the GIL over between pieces of its work)."""
         for name, collection, meta, values, kind, a, b, *rest in self.entries:
             if kind == "ref":
                 payload: Any = TorchPayload(a, how="ref", policy=rest[0] if rest else None, version=b)
@@ -287,8 +287,7 @@ class ParameterBatch:
                 payload = ScalarPayload(a)
             else:
                 payload = a
-            out.append((name, collection, meta, values, payload))
-        return out
+            yield name, collection, meta, values, payload
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError("a ParameterBatch is expanded by the writer, never resolved itself")
@@ -330,14 +329,15 @@ class ReferenceBatch:
         if i is not None:
             self.entries[i] = None
 
-    def expand(self) -> list[tuple[str, str, Any, bool, Any]]:
-        """``(name, collection, meta, values_due, payload)`` for each entry. One tensor under two
-        names (a layer's output is the next activation's input) gets one payload, so its
-        statistics are computed once; the references keep the tensors alive, so no other
-        tensor of the step can have the same id."""
+    def expand(self) -> Iterator[tuple[str, str, Any, bool, Any]]:
+        """``(name, collection, meta, values_due, payload)`` for each entry (a generator, as
+        :meth:`ParameterBatch.expand`). One tensor under two names (a layer's output is the
+        next activation's input) gets one payload, so its statistics are computed once; the
+        references keep the tensors alive, so no other tensor of the step can have the same
+        id."""
         shared: dict[tuple[int, int], TorchPayload] = {}
-        out = []
-        for entry in self.entries:
+        entries, self.entries, self.index = self.entries, [], {}  # (the hook keeps this batch
+        for entry in entries:  # until the next step's opens: it lets go of the tensors now)
             if entry is None:
                 continue
             slot, t, version, values, payload_type = entry
@@ -348,10 +348,7 @@ class ReferenceBatch:
                     payload = shared[key] = TorchPayload(t, how="ref", policy=slot.policy, version=version)
             else:  # a payload that transforms the tensor is its own
                 payload = payload_type(t, how="ref", policy=slot.policy, version=version)
-            out.append((slot.name, slot.collection, slot.meta, values, payload))
-        # The hook keeps this batch until the next step's opens: let go of the tensors now.
-        self.entries, self.index = [], {}
-        return out
+            yield slot.name, slot.collection, slot.meta, values, payload
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError("a ReferenceBatch is expanded by the writer, never resolved itself")

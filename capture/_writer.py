@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from . import _format as F
-from ._compat import HAS_FAST_STATS, fast_stats_many, lower_thread_priority
+from ._compat import HAS_FAST_STATS, fast_stats_many, lower_thread_priority, yield_gil
 from ._config import CaptureConfig
 
 __all__ = ["Payload", "NumpyPayload", "StepItem", "StepRecord", "RunWriter"]
@@ -45,6 +45,14 @@ STOP_POLL_SECONDS = 2.0
 #: Values waiting for a flush beyond this many bytes start one early: memory stays bounded
 #: however large the model and however long ``flush_seconds``.
 MAX_PENDING_VALUE_BYTES = 64 << 20
+
+#: The writer's Python work on a step is cut into pieces of this many tensors, with the GIL
+#: handed over between them (``_compat.yield_gil``: releasing and retaking it at once would not
+#: let a waiting thread in). The training thread takes the GIL at moments of PyTorch's choosing,
+#: a backward pass several times (to free saved tensors that have Python objects), and waits
+#: for whichever piece the writer is running: pieces of tens of microseconds, not whole steps.
+GIL_YIELD_ITEMS = 8
+GIL_YIELD_SECONDS = 20e-6
 #: Steps a writer in hold mode (:meth:`RunWriter.hold_steps`) keeps before handing the oldest
 #: over anyway: a loop of optimizer steps without forward passes never waits on a release.
 MAX_HELD_STEPS = 2
@@ -580,7 +588,9 @@ class RunWriter:
         names: list[str] = []
         rows: list[np.ndarray] = []
         values: list[tuple[str, np.ndarray]] = []
-        for item in items:
+        for i, item in enumerate(items, 1):
+            if i % GIL_YIELD_ITEMS == 0:
+                yield_gil(GIL_YIELD_SECONDS)
             try:
                 if item.payload is not None:
                     stats, vals = item.payload.resolve(item.values)
@@ -608,7 +618,10 @@ class RunWriter:
                 items.append(item)
                 continue
             try:
-                items.extend(StepItem(name, collection, payload, values, meta) for name, collection, meta, values, payload in expand())
+                for name, collection, meta, values, payload in expand():
+                    items.append(StepItem(name, collection, payload, values, meta))
+                    if len(items) % GIL_YIELD_ITEMS == 0:
+                        yield_gil(GIL_YIELD_SECONDS)
             except Exception as exc:
                 self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
             item.payload = None
@@ -625,7 +638,9 @@ class RunWriter:
         bufs: list[np.ndarray] = []
         owners: list[Any] = []
         seen: set[int] = set()
-        for item in items:
+        for i, item in enumerate(items, 1):
+            if i % GIL_YIELD_ITEMS == 0:
+                yield_gil(GIL_YIELD_SECONDS)
             get = getattr(item.payload, "stats_buffer", None)
             if get is None or id(item.payload) in seen:
                 continue

@@ -478,3 +478,41 @@ def test_config_filters() -> None:
     assert not cfg.wants("biases", "biases/0.bias")
     assert cfg.wants("losses", "losses/loss")
     assert not CaptureConfig(collections=("losses",)).wants("weights", "weights/0.weight")
+
+
+@pytest.mark.skipif(not _compat.HAS_FAST_STATS, reason="needs the _fastats extension")
+def test_yield_gil_lets_another_thread_run_python_meanwhile() -> None:
+    """The writer hands the GIL over between pieces of its work with ``yield_gil``: while it
+    spins, a thread that wants the GIL gets it (a Python loop there makes progress), and a
+    request past 1 ms is held to 1 ms. Bad arguments raise; zero or less is a no-op."""
+    import threading
+    import time
+
+    from trainaudit.capture import _fastats  # type: ignore[attr-defined]
+
+    counter = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        progressed = 0
+        for _ in range(20):
+            before = counter[0]
+            _fastats.yield_gil(0.001)  # this thread holds the GIL before and after the call
+            progressed += counter[0] > before
+        assert progressed >= 10  # (the other thread must also be scheduled: most calls suffice)
+    finally:
+        stop.set()
+        thread.join()
+    t0 = time.monotonic()
+    _fastats.yield_gil(5.0)
+    assert time.monotonic() - t0 < 1.0
+    _fastats.yield_gil(0.0)
+    _fastats.yield_gil(-1.0)
+    with pytest.raises(TypeError):
+        _fastats.yield_gil("1")
