@@ -46,7 +46,8 @@ STOP_POLL_SECONDS = 2.0
 #: however large the model and however long ``flush_seconds``.
 MAX_PENDING_VALUE_BYTES = 64 << 20
 
-#: The writer's Python work on a step is cut into pieces of this many tensors, with the GIL
+#: The writer's Python work on a step (each of its passes over the step's tensors: expanding,
+#: gathering buffers, resolving) is cut into pieces of this many tensors, with the GIL
 #: handed over between them (``_compat.yield_gil``: releasing and retaking it at once would not
 #: let a waiting thread in). The training thread takes the GIL at moments of PyTorch's choosing,
 #: a backward pass several times (to free saved tensors that have Python objects), and waits
