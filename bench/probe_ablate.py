@@ -33,7 +33,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from bench_capture import MLPTraining  # noqa: E402  (bench/ is on sys.path: run as a script)
 
-from trainaudit.capture import TorchHook, _torch, _writer  # noqa: E402
+from trainaudit.capture import CaptureConfig, TorchHook, _torch, _writer  # noqa: E402
+from trainaudit.capture._config import COLLECTIONS  # noqa: E402
 from trainaudit.capture._torch_params import ParameterCopy  # noqa: E402
 
 HOOK_METHODS = ("_on_module_output", "_on_activation_input", "_on_activation", "_on_model_forward", "_on_model_forward_end",
@@ -87,15 +88,24 @@ def _copier_skipped(hook: TorchHook) -> None:
     copier._copy_all = reuse  # type: ignore[method-assign]
 
 
-#: name -> (hook class or None, a change made to the registered hook, or None)
-ARMS: dict[str, tuple[type[TorchHook] | None, Callable[[TorchHook], None] | None]] = {
-    "no hook": (None, None),
-    "no hook (A/A)": (None, None),
-    "hook methods no-ops": (NoopHook, None),
-    "module hooks no-ops": (NoopModuleHook, None),
-    "defaults": (TorchHook, None),
-    "writer idle": (TorchHook, _writer_idle),
-    "copier pass skipped": (TorchHook, _copier_skipped),
+_PARAMETERS = ("weights", "biases", "gradients", "updates")
+
+
+def _without_parameters() -> CaptureConfig:
+    """The defaults without the optimizer hook's collections (no parameter batch, no copies)."""
+    return CaptureConfig(collections=tuple(c for c in COLLECTIONS if c not in _PARAMETERS))
+
+
+#: name -> (hook class or None, a change made to the registered hook or None, a config or None)
+ARMS: dict[str, tuple[type[TorchHook] | None, Callable[[TorchHook], None] | None, Callable[[], CaptureConfig] | None]] = {
+    "no hook": (None, None, None),
+    "no hook (A/A)": (None, None, None),
+    "hook methods no-ops": (NoopHook, None, None),
+    "module hooks no-ops": (NoopModuleHook, None, None),
+    "no parameters": (TorchHook, None, _without_parameters),
+    "defaults": (TorchHook, None, None),
+    "writer idle": (TorchHook, _writer_idle, None),
+    "copier pass skipped": (TorchHook, _copier_skipped, None),
 }
 
 
@@ -107,11 +117,11 @@ def main() -> None:
     assert _torch.TorchHook is TorchHook
     with tempfile.TemporaryDirectory() as tmp:
         arms: dict[str, tuple[MLPTraining, TorchHook | None]] = {}
-        for i, (name, (cls, change)) in enumerate(ARMS.items()):
+        for i, (name, (cls, change, config)) in enumerate(ARMS.items()):
             training = MLPTraining.make()
             hook = None
             if cls is not None:
-                hook = cls(os.path.join(tmp, f"run{i}")).register(training.model, training.optimizer, training.loss_fn)
+                hook = cls(os.path.join(tmp, f"run{i}"), config=config() if config else None).register(training.model, training.optimizer, training.loss_fn)
                 if change is not None:
                     change(hook)
             arms[name] = (training, hook)

@@ -92,6 +92,23 @@ def fast_stats_many(arrays: list[np.ndarray]) -> list[np.ndarray] | None:
     return list(np.array(rows, dtype=np.float64)) if rows else []
 
 
+def stats_at(specs: list[tuple[int, int, int]]) -> np.ndarray | None:
+    """The statistics of tensors given as ``(address of the first element, element count,
+    dtype code)`` (:data:`STATS_AT_CODES`), one float64 row each, in one call with the GIL
+    released; None without the extension. The caller keeps every tensor alive, contiguous and
+    of that size through the call: the extension reads the memory at those addresses."""
+    if _fastats is None:
+        return None
+    out = np.empty((len(specs), 10), dtype=np.float64)
+    if specs:
+        _fastats.stats_at(specs, out)
+    return out
+
+
+#: The dtype codes of :func:`stats_at`, by numpy dtype name (``_fastats.c``'s ``AT_*``).
+STATS_AT_CODES = {"float32": 0, "float64": 1, "int64": 2, "int32": 3, "int16": 4, "int8": 5, "uint8": 6, "bool": 6}
+
+
 #: How much lower than the training thread capture's own threads run (Linux nice levels).
 THREAD_NICENESS = 10
 

@@ -16,6 +16,8 @@
  *   stats(buffer) -> (count, nan, posinf, neginf, zero, min, max, sum, sumsq, l1)
  *   diff_sumsq(a, b) -> sum((a - b)**2) over a and b of the same format and size
  *   stats_many(buffers) -> list of stats tuples, the GIL released once for all of them
+ *   stats_at(specs, out) -> None: the stats of tensors given as (address, count, dtype code),
+ *       one row of `out` each (torch tensors offer no buffer interface; the writer holds them)
  *   snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src
  *       into dst on the way (prev may be None): a parameter's copy, statistics and update
  *       norm in one pass over its memory.
@@ -25,6 +27,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -69,6 +72,13 @@ static void stats_init(stats_t *s, Py_ssize_t n) {
     }
 CAREFUL(float)
 CAREFUL(double)
+/* Integers and bools (labels, class ids, token ids) are measured in float64, as numpy_stats
+ * measures them: never NaN or Inf, so the careful loop is their only one. */
+CAREFUL(int64_t)
+CAREFUL(int32_t)
+CAREFUL(int16_t)
+CAREFUL(int8_t)
+CAREFUL(uint8_t)
 
 /* The fast path of one block: NL accumulators of each kind (NL floats fill the vector
  * registers: 16 float32 or 8 float64), in the element type T, the zero counts in ZT. Returns 0
@@ -252,6 +262,91 @@ done:
     PyMem_Free(views);
     PyMem_Free(kinds);
     PyMem_Free(out);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* The writer's batch of tensors it holds references to (torch tensors, which offer no buffer
+ * interface): each given as (address of its first element, element count, dtype code), see
+ * STATS_AT_CODES. The caller keeps every tensor alive and contiguous through the call; the
+ * rows go into `out`, a writable float64 buffer of at least 10 * len(specs) numbers, so the
+ * writer gets one array back instead of a tuple per tensor. */
+enum { AT_F32, AT_F64, AT_I64, AT_I32, AT_I16, AT_I8, AT_U8, AT_NCODES };
+
+typedef struct {
+    const void *data;
+    Py_ssize_t n;
+    int code;
+} at_spec_t;
+
+static void stats_at_one(const at_spec_t *a, stats_t *s) {
+    stats_init(s, a->n);
+    switch (a->code) {
+    case AT_F32: stats_f32((const float *)a->data, a->n, s); break;
+    case AT_F64: stats_f64((const double *)a->data, a->n, s); break;
+    case AT_I64: careful_int64_t((const int64_t *)a->data, a->n, s); break;
+    case AT_I32: careful_int32_t((const int32_t *)a->data, a->n, s); break;
+    case AT_I16: careful_int16_t((const int16_t *)a->data, a->n, s); break;
+    case AT_I8: careful_int8_t((const int8_t *)a->data, a->n, s); break;
+    default: careful_uint8_t((const uint8_t *)a->data, a->n, s); break;
+    }
+    if (s->count == s->nan + s->posinf + s->neginf) { s->min = NAN; s->max = NAN; }  /* nothing finite */
+}
+
+static int address_converter(PyObject *obj, void *out) {
+    void *p = PyLong_AsVoidPtr(obj);
+    if (p == NULL && PyErr_Occurred()) return 0;
+    *(void **)out = p;
+    return 1;
+}
+
+static PyObject *py_stats_at(PyObject *self, PyObject *args) {
+    PyObject *specs_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OO", &specs_obj, &out_obj)) return NULL;
+    PyObject *seq = PySequence_Fast(specs_obj, "stats_at needs a sequence of (address, count, code)");
+    if (!seq) return NULL;
+    Py_ssize_t k = PySequence_Fast_GET_SIZE(seq);
+    Py_buffer out;
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    at_spec_t *specs = PyMem_Calloc((size_t)(k ? k : 1), sizeof(at_spec_t));
+    PyObject *result = NULL;
+    if (!specs) { PyErr_NoMemory(); goto done; }
+    if (buffer_kind(&out) != 'd' || out.len < (Py_ssize_t)(10 * sizeof(double)) * k) {
+        PyErr_SetString(PyExc_ValueError, "stats_at needs a writable float64 buffer of 10 numbers per tensor");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *spec = PySequence_Fast_GET_ITEM(seq, i);
+        void *data;
+        Py_ssize_t n;
+        int code;
+        if (!PyArg_ParseTuple(spec, "O&ni", address_converter, &data, &n, &code)) goto done;
+        if (n < 0 || code < 0 || code >= AT_NCODES || (n > 0 && data == NULL)) {
+            PyErr_Format(PyExc_ValueError, "stats_at: bad tensor %zd (count %zd, code %d)", i, n, code);
+            goto done;
+        }
+        specs[i].data = data;
+        specs[i].n = n;
+        specs[i].code = code;
+    }
+    double *rows = (double *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < k; i++) {
+        stats_t s;
+        stats_at_one(&specs[i], &s);
+        double *r = rows + 10 * i;
+        r[0] = s.count; r[1] = s.nan; r[2] = s.posinf; r[3] = s.neginf; r[4] = s.zero;
+        r[5] = s.min; r[6] = s.max; r[7] = s.sum; r[8] = s.sumsq; r[9] = s.l1;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    PyMem_Free(specs);
+    PyBuffer_Release(&out);
     Py_DECREF(seq);
     return result;
 }
@@ -453,6 +548,10 @@ static PyMethodDef methods[] = {
      "diff_sumsq(a, b) -> sum((a - b)**2) of two contiguous buffers of the same float format and size."},
     {"stats_many", py_stats_many, METH_O,
      "stats_many(buffers) -> [stats(b) for b in buffers], computed with the GIL released once."},
+    {"stats_at", py_stats_at, METH_VARARGS,
+     "stats_at(specs, out) -> None: the stats of each (address, count, code) in specs into the rows of "
+     "out (float64, 10 per tensor), the GIL released once. Codes: 0 float32, 1 float64, 2 int64, "
+     "3 int32, 4 int16, 5 int8, 6 uint8 or bool. The caller keeps the memory alive."},
     {"snapshot", py_snapshot, METH_VARARGS,
      "snapshot(src, dst, prev) -> stats(src) + (sum((src - prev)**2) or None,), copying src into dst "
      "in the same pass; prev may be None."},

@@ -3,7 +3,7 @@
 What the training thread pays, per captured tensor and step, on CPU: mostly nothing. Module
 outputs, inputs and gradients go to the writer by reference, checked against their version
 counters (``_torch_snapshot``: a name whose tensors are changed in place is copied instead),
-a step's references as one batch the writer expands (``ReferenceBatch``, ``ParameterBatch``);
+a step's references as one batch the writer reads in bulk (``ReferenceBatch``, ``ParameterBatch``);
 weights, which the optimizer changes in place, are copied by a helper thread while the next
 step's forward pass runs (``_torch_params``). On CUDA: a step's tensors are reduced together
 by a few dozen asynchronous kernels, replayed as one CUDA graph once the step's layout repeats

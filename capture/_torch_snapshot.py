@@ -20,20 +20,28 @@ many tensors at a time, and reach pinned host memory asynchronously.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import _format as F
-from ._compat import HAS_FAST_STATS, abs_sum_f32, diff_sumsq, fast_stats
+from ._compat import HAS_FAST_STATS, STATS_AT_CODES, abs_sum_f32, diff_sumsq, fast_stats, stats_at
 from ._format import scalar_stats
+from ._writer import ResolvedRows, StepItem
 
 __all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
            "ReferenceBatch", "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
 
 _FLOATS = (torch.float32, torch.float64)
+
+#: The dtypes the writer reads in bulk (:class:`_Rows`), with their ``_compat.stats_at`` codes.
+_BULK_CODES: dict[torch.dtype, int] = {
+    getattr(torch, name): code for name, code in STATS_AT_CODES.items() if hasattr(torch, name)
+}
+
+_CHANGED = "changed in place before capture could read it; copied on the training thread from now on"
 
 #: Forward passes a name's copied tensors are watched for in-place changes before the name is
 #: passed by reference (see :class:`CopyPolicy`).
@@ -185,7 +193,7 @@ class TorchPayload:
         if self.version is not None and t._version != self.version:
             if self.policy is not None:
                 self.policy.copy = True
-            raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
+            raise ChangedInPlace(_CHANGED)
         return self._stats, values
 
 
@@ -214,7 +222,7 @@ class ArgmaxPayload(TorchPayload):
         if self.version is not None and self.tensor._version != self.version:
             if self.policy is not None:
                 self.policy.copy = True
-            raise ChangedInPlace("changed in place before capture could read it; copied on the training thread from now on")
+            raise ChangedInPlace(_CHANGED)
         stats = self._stats if self._stats is not None else torch_stats(preds)
         return stats, (preds.numpy() if want_values else None)
 
@@ -254,15 +262,90 @@ class UpdatePayload:
         return scalar_stats(v), (arr if want_values else None)
 
 
+class _Rows:
+    """Builds a batch's :class:`_writer.ResolvedRows`: the tensors passed by reference whose
+    statistics are read in one C call (``_compat.stats_at``), rows known already, and the
+    items left for the writer's per-payload path.
+
+    A reference is read from its memory, then its version counter is checked, as
+    :meth:`TorchPayload.resolve` does: a tensor changed in place meanwhile is left out, with an
+    error, and its name is copied on the training thread from now on.
+    """
+
+    __slots__ = ("names", "kinds", "reads", "specs", "known_rows", "rest", "_spec_of", "_by_tensor")
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.kinds: list[tuple[str, Any]] = []
+        #: For each spec: the tensor, its version counter as the hook saw it, and its policy.
+        self.reads: list[tuple[torch.Tensor, int, CopyPolicy | None]] = []
+        self.specs: list[tuple[int, int, int]] = []
+        self.known_rows: list[tuple[int, Any]] = []  # (position in names, statistics)
+        self.rest: list[StepItem] = []
+        self._spec_of: list[int] = []  # per name: its spec, or -1 for a known row
+        self._by_tensor: dict[tuple[int, int], int] = {}
+
+    def read(self, name: str, kind: tuple[str, Any], t: torch.Tensor, version: int, policy: CopyPolicy | None) -> bool:
+        """Read ``t`` in the bulk call, or return False (not a contiguous CPU tensor of a
+        dtype the C pass knows, or no extension): the caller then makes it an item."""
+        code = _BULK_CODES.get(t.dtype)
+        if code is None or not HAS_FAST_STATS or not t.is_cpu or not t.is_contiguous():
+            return False
+        key = (id(t), version)
+        j = self._by_tensor.get(key)
+        if j is None:
+            j = self._by_tensor[key] = len(self.specs)
+            self.specs.append((t.data_ptr(), t.numel(), code))
+            self.reads.append((t, version, policy))
+        self.names.append(name)
+        self.kinds.append(kind)
+        self._spec_of.append(j)
+        return True
+
+    def known(self, name: str, kind: tuple[str, Any], stats: Any) -> None:
+        """A tensor whose statistics were measured already (``F.N_STATS`` numbers)."""
+        self.known_rows.append((len(self.names), stats))
+        self.names.append(name)
+        self.kinds.append(kind)
+        self._spec_of.append(-1)
+
+    def finish(self) -> ResolvedRows:
+        names, kinds = self.names, self.kinds
+        out = np.empty((len(names), F.N_STATS), dtype=np.float64)
+        for i, stats in self.known_rows:
+            out[i] = stats
+        errors: list[tuple[str, str]] = []
+        if self.specs:
+            read = stats_at(self.specs)
+            assert read is not None  # (read() takes nothing without the extension)
+            # Only now, after the read: a counter that moved means the read may have seen a change.
+            changed = [j for j, (t, version, _) in enumerate(self.reads) if t._version != version]
+            spec_of = np.asarray(self._spec_of, dtype=np.intp)
+            from_specs = spec_of >= 0
+            out[from_specs] = read[spec_of[from_specs]]
+            if changed:
+                for j in changed:
+                    policy = self.reads[j][2]
+                    if policy is not None:
+                        policy.copy = True
+                keep = (~np.isin(spec_of, changed)).tolist()
+                errors = [(name, _CHANGED) for name, k in zip(names, keep, strict=True) if not k]
+                names = [name for name, k in zip(names, keep, strict=True) if k]
+                kinds = [kind for kind, k in zip(kinds, keep, strict=True) if k]
+                out = out[np.asarray(keep, dtype=bool)]
+        self.reads = []  # let go of the tensors
+        return ResolvedRows(names, kinds, out, self.rest, errors)
+
+
 class ParameterBatch:
     """The parameter tensors of one optimizer step (gradients, weights, update norms), handed
-    to the writer as one step item that the writer expands on its own thread.
+    to the writer as one step item that the writer resolves on its own thread (:meth:`resolve_rows`).
 
     The optimizer's pre-hook sees every parameter at once; giving each of its tensors its own
     payload and step item cost the training thread ~10 us of Python per tensor (an MLP of four
     layers has 24), out of cache between two large matrix products. An entry is
-    ``(name, collection, meta, values_due, kind, a, b)``, ``kind`` saying how to rebuild the
-    payload: ``"ref"`` (``a`` the tensor, ``b`` its version counter when the hook saw it, with
+    ``(name, collection, meta, values_due, kind, a, b)``, ``kind`` saying how the writer gets
+    its statistics (or, when its values are due, rebuilds its payload): ``"ref"`` (``a`` the tensor, ``b`` its version counter when the hook saw it, with
     the name's :class:`CopyPolicy` last), ``"owned"`` (``a`` a ``ParameterCopy`` of the
     copier's), ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already:
     copies the training thread had to make, CUDA snapshots).
@@ -273,10 +356,21 @@ class ParameterBatch:
     def __init__(self) -> None:
         self.entries: list[tuple[Any, ...]] = []
 
-    def expand(self) -> Iterator[tuple[str, str, Any, bool, Any]]:
-        """``(name, collection, meta, values_due, payload)`` for each entry (a generator: the
-        writer hands the GIL over between pieces of its work)."""
+    def resolve_rows(self) -> ResolvedRows:
+        """The writer's view of the batch (:class:`_writer.ResolvedRows`): gradients passed by
+        reference read in one C call, the copier's weights and update norms from the numbers
+        it measured already; values that are due, copies and device payloads as items."""
+        rows = _Rows()
         for name, collection, meta, values, kind, a, b, *rest in self.entries:
+            if not values:
+                if kind == "ref" and rows.read(name, (collection, meta), a, b, rest[0] if rest else None):
+                    continue
+                if kind == "owned" and a.stats is not None:
+                    rows.known(name, (collection, meta), a.stats)
+                    continue
+                if kind == "scalar":
+                    rows.known(name, (collection, meta), scalar_stats(a))
+                    continue
             if kind == "ref":
                 payload: Any = TorchPayload(a, how="ref", policy=rest[0] if rest else None, version=b)
             elif kind == "owned":
@@ -287,22 +381,24 @@ class ParameterBatch:
                 payload = ScalarPayload(a)
             else:
                 payload = a
-            yield name, collection, meta, values, payload
+            rows.rest.append(StepItem(name, collection, payload, values, meta))
+        self.entries = []
+        return rows.finish()
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        raise RuntimeError("a ParameterBatch is expanded by the writer, never resolved itself")
+        raise RuntimeError("a ParameterBatch is read in bulk by the writer (resolve_rows), never resolved itself")
 
 
 class ReferenceBatch:
     """The CPU tensors of one step that the hooks pass by reference (module outputs, activation
     inputs, the model's input, the loss, labels and predictions), handed to the writer as one
-    step item that it expands on its own thread.
+    step item that it resolves on its own thread (:meth:`resolve_rows`).
 
     A module hook runs for every module at every step, between two large matrix products that
     leave the interpreter's caches cold: building a payload and a step item for each tensor
     there cost the training thread ~15 us a tensor. Here a hook appends
-    ``(slot, tensor, version counter, values due, payload type)`` to ``entries`` and the writer
-    makes the payloads. A name recorded twice in a step (gradient accumulation) keeps its last
+    ``(slot, tensor, version counter, values due, payload type)`` to ``entries``, and the writer
+    reads the tensors in bulk (or makes payloads for those that need one). A name recorded twice in a step (gradient accumulation) keeps its last
     tensor, as :meth:`StepRecord.put` does: ``index`` maps a name to its entry, and a name
     moved to another step item is dropped with :meth:`discard`. ``slot`` is anything with
     ``name``, ``collection``, ``meta`` and ``policy`` attributes (the hook's slots).
@@ -329,12 +425,12 @@ class ReferenceBatch:
         if i is not None:
             self.entries[i] = None
 
-    def expand(self) -> Iterator[tuple[str, str, Any, bool, Any]]:
-        """``(name, collection, meta, values_due, payload)`` for each entry (a generator, as
-        :meth:`ParameterBatch.expand`). One tensor under two names (a layer's output is the
-        next activation's input) gets one payload, so its statistics are computed once; the
-        references keep the tensors alive, so no other tensor of the step can have the same
-        id."""
+    def resolve_rows(self) -> ResolvedRows:
+        """The writer's view of the batch (:class:`_writer.ResolvedRows`): the tensors whose
+        values are not due read in one C call, the others as items. One tensor under two
+        names (a layer's output is the next activation's input) is read once; the references
+        keep the tensors alive, so no other tensor of the step can have the same id."""
+        rows = _Rows()
         shared: dict[tuple[int, int], TorchPayload] = {}
         entries, self.entries, self.index = self.entries, [], {}  # (the hook keeps this batch
         for entry in entries:  # until the next step's opens: it lets go of the tensors now)
@@ -342,13 +438,16 @@ class ReferenceBatch:
                 continue
             slot, t, version, values, payload_type = entry
             if payload_type is TorchPayload:
+                if not values and rows.read(slot.name, (slot.collection, slot.meta), t, version, slot.policy):
+                    continue
                 key = (id(t), version)
                 payload = shared.get(key)
                 if payload is None:
                     payload = shared[key] = TorchPayload(t, how="ref", policy=slot.policy, version=version)
             else:  # a payload that transforms the tensor is its own
                 payload = payload_type(t, how="ref", policy=slot.policy, version=version)
-            yield slot.name, slot.collection, slot.meta, values, payload
+            rows.rest.append(StepItem(slot.name, slot.collection, payload, values, slot.meta))
+        return rows.finish()
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        raise RuntimeError("a ReferenceBatch is expanded by the writer, never resolved itself")
+        raise RuntimeError("a ReferenceBatch is read in bulk by the writer (resolve_rows), never resolved itself")

@@ -46,12 +46,14 @@ STOP_POLL_SECONDS = 2.0
 #: however large the model and however long ``flush_seconds``.
 MAX_PENDING_VALUE_BYTES = 64 << 20
 
-#: The writer's Python work on a step (each of its passes over the step's tensors: expanding,
+#: The writer's per-payload Python on a step (its passes over the tensors that take that path:
 #: gathering buffers, resolving) is cut into pieces of this many tensors, with the GIL
 #: handed over between them (``_compat.yield_gil``: releasing and retaking it at once would not
 #: let a waiting thread in). The training thread takes the GIL at moments of PyTorch's choosing,
 #: a backward pass several times (to free saved tensors that have Python objects), and waits
 #: for whichever piece the writer is running: pieces of tens of microseconds, not whole steps.
+#: (The PyTorch hook's batches read most of a step's tensors in bulk, ``ResolvedRows``: a few
+#: microseconds of Python a tensor, around one C call that releases the GIL.)
 GIL_YIELD_ITEMS = 8
 GIL_YIELD_SECONDS = 20e-6
 #: Steps a writer in hold mode (:meth:`RunWriter.hold_steps`) keeps before handing the oldest
@@ -144,6 +146,28 @@ class StepRecord:
         i = self.index.pop(name, None)
         if i is not None:
             self.items[i] = StepItem(name, "other", None, False)
+
+
+class ResolvedRows(NamedTuple):
+    """What a step item that stands for many tensors (the PyTorch hook's batches) resolves to
+    by itself, through its ``resolve_rows()``: the statistics of most of them as one array,
+    and the rest as items for the writer's per-payload path.
+
+    A payload object and three method calls per tensor cost the writer ~30 us of Python a
+    tensor, holding the GIL that the training thread's backward pass keeps asking for; a
+    batch that reads its tensors' memory in one C call and checks their version counters in
+    one loop costs a few.
+    """
+
+    names: list[str]
+    #: ``(collection, meta)`` of each name, for the run's tensor list.
+    kinds: list[tuple[str, Mapping[str, Any] | None]]
+    #: ``(len(names), F.N_STATS)`` float64.
+    stats: np.ndarray
+    #: The tensors the batch could not do in bulk (values due, other dtypes, device payloads).
+    rest: list[StepItem]
+    #: ``(name, message)`` of the tensors left out (changed in place before the read).
+    errors: list[tuple[str, str]]
 
 
 class ResolvedStep(NamedTuple):
@@ -583,55 +607,79 @@ class RunWriter:
 
     def _resolve(self, rec: StepRecord) -> ResolvedStep:
         """Compute every payload's statistics / host values; a bad payload is recorded and
-        skipped, never raised. The snapshots are released now, not at the flush."""
-        items = self._expanded(rec)
-        self._batch_stats(items)
-        names: list[str] = []
-        rows: list[np.ndarray] = []
-        values: list[tuple[str, np.ndarray]] = []
-        for i, item in enumerate(items, 1):
-            if i % GIL_YIELD_ITEMS == 0:
-                yield_gil(GIL_YIELD_SECONDS)
-            try:
-                if item.payload is not None:
-                    stats, vals = item.payload.resolve(item.values)
-                    if item.name not in self._seen:
-                        self._seen[item.name] = (item.collection, item.meta)
-                    names.append(item.name)
-                    rows.append(stats)
-                    if vals is not None:
-                        values.append((item.name, vals))
-            except Exception as exc:
-                self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
-            item.payload = None
-        stats_block = np.array(rows, dtype=np.float64).reshape(len(rows), F.N_STATS)
-        return ResolvedStep(names, stats_block, values)
+        skipped, never raised. The snapshots are released now, not at the flush.
 
-    def _expanded(self, rec: StepRecord) -> list[StepItem]:
-        """The step's items, with any item whose payload stands for several tensors (it has an
-        ``expand()``, like the PyTorch hook's parameter batch) replaced by one item each."""
-        items: list[StepItem] = []
+        An item whose payload stands for many tensors (it has a ``resolve_rows()``, like the
+        PyTorch hook's batches) resolves most of them itself (:class:`ResolvedRows`); every
+        other payload, and what such an item leaves over, goes one by one, their statistics
+        computed in one C call first (:meth:`_batch_stats`).
+        """
+        parts: list[ResolvedRows | StepItem] = []
+        singles: list[StepItem] = []
         for item in rec.items:
-            if item.payload is None:
+            payload = item.payload
+            if payload is None:
                 continue  # dropped (StepRecord.drop)
-            expand = getattr(item.payload, "expand", None)
-            if expand is None:
-                items.append(item)
+            resolve_rows = getattr(payload, "resolve_rows", None)
+            if resolve_rows is None:
+                parts.append(item)
+                singles.append(item)
                 continue
+            item.payload = None
             try:
-                for name, collection, meta, values, payload in expand():
-                    items.append(StepItem(name, collection, payload, values, meta))
-                    if len(items) % GIL_YIELD_ITEMS == 0:
-                        yield_gil(GIL_YIELD_SECONDS)
+                rows = resolve_rows()
             except Exception as exc:
                 self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
-            item.payload = None
-        if len({item.name for item in items}) < len(items):
-            # A name both in an expanded item and on its own (a number recorded under a name
-            # a hook passed by reference): the last one recorded wins, as in StepRecord.put.
-            last = {item.name: i for i, item in enumerate(items)}
-            items = [item for i, item in enumerate(items) if last[item.name] == i]
-        return items
+                continue
+            parts.append(rows)
+            singles += rows.rest
+        self._batch_stats(singles)
+        names: list[str] = []
+        blocks: list[np.ndarray] = []
+        rows_of_singles: list[np.ndarray] = []
+        values: list[tuple[int, str, np.ndarray]] = []  # (position in names, name, values)
+        seen = self._seen
+        done = 0
+        for part in parts:
+            for item in part.rest if isinstance(part, ResolvedRows) else (part,):
+                done += 1
+                if done % GIL_YIELD_ITEMS == 0:
+                    yield_gil(GIL_YIELD_SECONDS)
+                try:
+                    if item.payload is not None:
+                        stats, vals = item.payload.resolve(item.values)
+                        if item.name not in seen:
+                            seen[item.name] = (item.collection, item.meta)
+                        names.append(item.name)
+                        rows_of_singles.append(stats)
+                        if vals is not None:
+                            values.append((len(names) - 1, item.name, vals))
+                except Exception as exc:
+                    self._record_error("tensor", f"{item.name!r} at step {rec.global_step}: {exc}", tensor=item.name)
+                item.payload = None
+            if isinstance(part, ResolvedRows):
+                for name, message in part.errors:
+                    self._record_error("tensor", f"{name!r} at step {rec.global_step}: {message}", tensor=name)
+                if rows_of_singles:
+                    blocks.append(np.array(rows_of_singles, dtype=np.float64))
+                    rows_of_singles = []
+                for name, kind in zip(part.names, part.kinds, strict=True):
+                    if name not in seen:
+                        seen[name] = kind
+                names += part.names
+                blocks.append(part.stats)
+        if rows_of_singles:
+            blocks.append(np.array(rows_of_singles, dtype=np.float64))
+        stats_block = np.concatenate(blocks) if blocks else np.empty((0, F.N_STATS), dtype=np.float64)
+        if len(set(names)) < len(names):
+            # A name both in a batch and on its own (a number recorded under a name a hook
+            # passed by reference): the last one recorded wins, as in StepRecord.put.
+            last = {name: i for i, name in enumerate(names)}
+            keep = [i for i, name in enumerate(names) if last[name] == i]
+            names = [names[i] for i in keep]
+            stats_block = stats_block[keep]
+            values = [v for v in values if last[v[1]] == v[0]]
+        return ResolvedStep(names, stats_block, [(name, v) for _, name, v in values])
 
     def _batch_stats(self, items: list[StepItem]) -> None:
         """Statistics of every payload of a step that offers a float buffer, in one call to

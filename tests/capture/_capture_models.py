@@ -3,6 +3,7 @@ tests can compare what a run holds with the tensors training actually had."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainaudit.capture import TorchHook
+from trainaudit.capture import STAT_FIELDS, TorchHook
 
 torch.set_num_threads(1)
 
@@ -130,3 +131,21 @@ def train(
                     tr.eval_losses.append(float(lf(model(x[j * batch : (j + 1) * batch]), y[j * batch : (j + 1) * batch])))
             model.train()
     return tr
+
+
+def assert_stats_equal(got: np.ndarray, want: dict[str, float] | np.ndarray, rtol: float = 1e-6) -> None:
+    if not isinstance(want, dict):
+        want = dict(zip(STAT_FIELDS, want.tolist(), strict=True))
+    for i, name in enumerate(STAT_FIELDS):
+        g, w = float(got[i]), float(want[name])
+        if math.isnan(w):
+            assert math.isnan(g), f"{name}: got {g}, want nan"
+        elif math.isinf(w):  # float64 overflow of sumsq: both sides say inf
+            assert g == w, f"{name}: got {g!r}, want {w!r}"
+        else:
+            # Rounding differs with the summation order: bound it by the sum of magnitudes.
+            scale = max(1.0, abs(w), abs(float(want["l1"])) if name == "sum" else 0.0)
+            if name in ("sum", "sumsq", "l1"):
+                assert abs(g - w) <= rtol * scale + 1e-9, f"{name}: got {g!r}, want {w!r}"
+            else:
+                assert g == w, f"{name}: got {g!r}, want {w!r}"

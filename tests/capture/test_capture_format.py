@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _capture_models import assert_stats_equal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -42,24 +43,6 @@ def direct_stats(a: np.ndarray) -> dict[str, float]:
         "sumsq": float((fin * fin).sum()),
         "l1": float(np.abs(fin).sum()),
     }
-
-
-def assert_stats_equal(got: np.ndarray, want: dict[str, float] | np.ndarray, rtol: float = 1e-6) -> None:
-    if not isinstance(want, dict):
-        want = dict(zip(STAT_FIELDS, want.tolist(), strict=True))
-    for i, name in enumerate(STAT_FIELDS):
-        g, w = float(got[i]), float(want[name])
-        if math.isnan(w):
-            assert math.isnan(g), f"{name}: got {g}, want nan"
-        elif math.isinf(w):  # float64 overflow of sumsq: both sides say inf
-            assert g == w, f"{name}: got {g!r}, want {w!r}"
-        else:
-            # Rounding differs with the summation order: bound it by the sum of magnitudes.
-            scale = max(1.0, abs(w), abs(float(want["l1"])) if name == "sum" else 0.0)
-            if name in ("sum", "sumsq", "l1"):
-                assert abs(g - w) <= rtol * scale + 1e-9, f"{name}: got {g!r}, want {w!r}"
-            else:
-                assert g == w, f"{name}: got {g!r}, want {w!r}"
 
 
 def test_stat_fields_order_is_the_contract() -> None:
@@ -516,3 +499,43 @@ def test_yield_gil_lets_another_thread_run_python_meanwhile() -> None:
     _fastats.yield_gil(-1.0)
     with pytest.raises(TypeError):
         _fastats.yield_gil("1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8,
+                                   torch.uint8, torch.bool])
+def test_stats_at_reads_tensors_like_numpy_stats(dtype: torch.dtype) -> None:
+    """The writer's bulk read of the tensors it holds references to (``_compat.stats_at``):
+    every dtype it takes, NaN and Inf in the floats, an empty tensor and a view into the
+    middle of another tensor's storage (the address of its first element, not the storage's)."""
+    g = torch.Generator().manual_seed(4)
+    if dtype.is_floating_point:
+        a = torch.randn(3000, generator=g, dtype=dtype)
+        a[[7, 1500]] = torch.tensor([float("nan"), float("-inf")], dtype=dtype)
+        a[2999] = float("inf")
+    elif dtype == torch.bool:
+        a = torch.rand(3000, generator=g) > 0.3
+    else:
+        lo, hi = (0, 200) if dtype == torch.uint8 else (-100, 100)
+        a = torch.randint(lo, hi, (3000,), generator=g, dtype=dtype)
+    tensors = [a, a[1000:2000], a[:0], a.reshape(60, 50)]
+    specs = [(t.data_ptr(), t.numel(), _compat.STATS_AT_CODES[str(dtype).removeprefix("torch.")]) for t in tensors]
+    got = _compat.stats_at(specs)
+    assert got is not None and got.shape == (len(tensors), len(STAT_FIELDS))
+    for row, t in zip(got, tensors, strict=True):
+        assert_stats_equal(row, F.numpy_stats(t.numpy()), rtol=1e-6)
+
+
+def test_stats_at_refuses_bad_specs_and_a_small_output() -> None:
+    from trainaudit.capture import _fastats
+
+    a = torch.ones(4)
+    with pytest.raises(ValueError, match="bad tensor 0"):
+        _fastats.stats_at([(a.data_ptr(), 4, 99)], np.empty((1, 10)))
+    with pytest.raises(ValueError, match="bad tensor 0"):
+        _fastats.stats_at([(0, 4, 0)], np.empty((1, 10)))
+    with pytest.raises(ValueError, match="10 numbers per tensor"):
+        _fastats.stats_at([(a.data_ptr(), 4, 0)] * 2, np.empty((1, 10)))
+    with pytest.raises(ValueError, match="10 numbers per tensor"):
+        _fastats.stats_at([(a.data_ptr(), 4, 0)], np.empty((1, 10), dtype=np.float32))
+    with pytest.raises(TypeError):
+        _fastats.stats_at([(a.data_ptr(), 4)], np.empty((1, 10)))

@@ -15,6 +15,7 @@ import torch.nn.functional as Fn
 from _capture_models import (
     SmallCNN,
     TextModel,
+    assert_stats_equal,
     classification_data,
     mlp,
     mlp_tanh_sigmoid,
@@ -26,6 +27,7 @@ from torch import nn
 from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run
 from trainaudit.capture import _format as F
 from trainaudit.capture._control import request_stop
+from trainaudit.capture._torch_snapshot import CopyPolicy
 
 #: Tests that also run on a GPU when there is one (CI has none: the CUDA case skips cleanly).
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
@@ -732,3 +734,73 @@ def test_capture_threads_run_below_the_training_thread(local_dir: str) -> None:
         niceness = {t.name.split("-")[1]: os.getpriority(os.PRIO_PROCESS, t.native_id or 0)
                     for t in threading.enumerate() if t.name.startswith("trainaudit-")}
     assert niceness == {"writer": min(19, mine + THREAD_NICENESS), "params": min(19, mine + THREAD_NICENESS)}
+
+
+class _FakeSlot:
+    def __init__(self, name: str, collection: str = "outputs") -> None:
+        self.name, self.collection, self.meta, self.policy = name, collection, {"m": name}, CopyPolicy()
+
+
+def test_reference_batch_reads_its_tensors_in_bulk() -> None:
+    """What the writer gets from a step's references (``ReferenceBatch.resolve_rows``): the
+    statistics of every tensor whose values are not due, in the order added, one tensor under
+    two names read once; values that are due, other dtypes and non-contiguous tensors left as
+    items; a tensor changed in place after the hook saw it left out, with an error, and its
+    name copied from then on."""
+    from trainaudit.capture._torch_snapshot import ArgmaxPayload, ReferenceBatch, TorchPayload
+
+    g = torch.Generator().manual_seed(0)
+    out1, out2, scores = torch.randn(64, 32, generator=g), torch.randn(64, 8, generator=g), torch.randn(64, 10, generator=g)
+    labels, wide = torch.randint(0, 10, (64,), generator=g), torch.randn(8, 64, generator=g).t()
+    changed, half = torch.randn(100, generator=g), torch.randn(5, generator=g).half()
+    batch = ReferenceBatch()
+    slots = {n: _FakeSlot(n) for n in ["a", "act", "b", "labels", "preds", "wide", "changed", "half", "due"]}
+    batch.add(slots["a"], out1, out1._version, False, TorchPayload)
+    batch.add(slots["act"], out1, out1._version, False, TorchPayload)  # the same tensor, another name
+    batch.add(slots["b"], out2, out2._version, False, TorchPayload)
+    batch.add(slots["labels"], labels, labels._version, False, TorchPayload)
+    batch.add(slots["preds"], scores, scores._version, False, ArgmaxPayload)
+    batch.add(slots["wide"], wide, wide._version, False, TorchPayload)
+    batch.add(slots["changed"], changed, changed._version, False, TorchPayload)
+    batch.add(slots["half"], half, half._version, False, TorchPayload)
+    batch.add(slots["due"], out2, out2._version, True, TorchPayload)
+    batch.discard("b")
+    batch.add(slots["b"], out2, out2._version, False, TorchPayload)  # added again after a discard
+    changed.mul_(2)  # after the hook saw it, before the writer reads it
+
+    rows = batch.resolve_rows()
+    assert rows.names == ["a", "act", "labels", "b"]
+    assert [k[1] for k in rows.kinds] == [{"m": n} for n in rows.names]
+    for name, t in zip(rows.names, [out1, out1, labels, out2], strict=True):
+        assert_stats_equal(rows.stats[rows.names.index(name)], F.numpy_stats(t.numpy()))
+    assert [(item.name, item.values, type(item.payload).__name__) for item in rows.rest] == [
+        ("preds", False, "ArgmaxPayload"), ("wide", False, "TorchPayload"), ("half", False, "TorchPayload"),
+        ("due", True, "TorchPayload")]
+    assert [name for name, _ in rows.errors] == ["changed"] and "changed in place" in rows.errors[0][1]
+    assert slots["changed"].policy.copy and not slots["a"].policy.copy
+    assert batch.entries == [] and batch.index == {}  # the batch let go of its tensors
+
+
+def test_parameter_batch_reads_gradients_in_bulk_and_takes_known_statistics() -> None:
+    from trainaudit.capture._torch_params import ParameterCopy
+    from trainaudit.capture._torch_snapshot import ParameterBatch
+
+    g = torch.Generator().manual_seed(1)
+    grad, weight, values_grad = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g), torch.randn(7, generator=g)
+    known = tuple(float(v) for v in F.numpy_stats(weight.numpy()))
+    batch = ParameterBatch()
+    policy = CopyPolicy()
+    batch.entries += [
+        ("gradients/w", "gradients", {"p": "w"}, False, "ref", grad, grad._version, policy),
+        ("weights/w", "weights", {"p": "w"}, False, "owned", ParameterCopy(weight, known, 4.0), None),
+        ("updates/w", "updates", {"p": "w"}, False, "scalar", 2.0, None),
+        ("gradients/v", "gradients", {"p": "v"}, True, "ref", values_grad, values_grad._version, policy),
+        ("weights/v", "weights", {"p": "v"}, False, "owned", ParameterCopy(weight.clone()), None),
+    ]
+    rows = batch.resolve_rows()
+    assert rows.names == ["gradients/w", "weights/w", "updates/w"] and rows.errors == []
+    assert_stats_equal(rows.stats[0], F.numpy_stats(grad.numpy()))
+    np.testing.assert_array_equal(rows.stats[1], known)
+    np.testing.assert_array_equal(rows.stats[2], F.scalar_stats(2.0))
+    assert [item.name for item in rows.rest] == ["gradients/v", "weights/v"]  # values due; no statistics yet
+    assert batch.entries == []
