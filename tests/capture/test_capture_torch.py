@@ -804,3 +804,40 @@ def test_parameter_batch_reads_gradients_in_bulk_and_takes_known_statistics() ->
     np.testing.assert_array_equal(rows.stats[2], F.scalar_stats(2.0))
     assert [item.name for item in rows.rest] == ["gradients/v", "weights/v"]  # values due; no statistics yet
     assert batch.entries == []
+
+
+def test_parameters_in_bulk_record_what_the_per_parameter_path_does(local_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the steady state of a CPU model (copies made by the copier, fresh gradients, every
+    parameter collection due) the optimizer hook hands the step over in bulk; the statistics of
+    every gradient, weight and update at every step still equal numpy's on the trained values."""
+    taken: list[bool] = []
+    bulk = TorchHook._add_parameters_in_bulk
+
+    def spy(self: TorchHook, *args: object) -> bool:
+        taken.append(bulk(self, *args))  # type: ignore[arg-type]
+        return taken[-1]
+
+    monkeypatch.setattr(TorchHook, "_add_parameters_in_bulk", spy)
+    torch.manual_seed(3)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri)  # the defaults: statistics every step, values every 50 steps and the first
+    tr = train(model, hook, x, y, steps=12)
+    hook.close()
+    assert taken[:2] == [False, False] and all(taken[2:]), taken  # (no copies yet, no previous gradients)
+    run = open_run(uri)
+    assert run.errors == []
+    for pname in tr.weights[0]:
+        coll = "weights" if pname.endswith("weight") else "biases"
+        for name, wanted in ((f"{coll}/{pname}", [w[pname] for w in tr.weights]),
+                             (f"gradients/{pname}", [g[pname] for g in tr.grads])):
+            st = run.stats(name)
+            assert st.mode_step.tolist() == list(range(12))
+            for s, want in enumerate(wanted):
+                assert_stats_equal(np.array([st.field(f)[s] for f in F.STAT_FIELDS]), F.numpy_stats(want))
+        updates = run.stats(f"updates/{pname}")
+        want_updates = [np.linalg.norm((tr.weights[s][pname].astype(np.float64) - tr.weights[s - 1][pname]).ravel())
+                        for s in range(1, 12)]
+        assert updates.mode_step.tolist() == list(range(1, 12))
+        np.testing.assert_allclose(updates.field("sum"), want_updates, rtol=1e-5)
