@@ -33,7 +33,7 @@ import logging
 import math
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -187,8 +187,6 @@ class TorchHook:
         self._release_at_loss = False  # the forward pass ended; release held steps at the loss
         self._loss_metas: dict[type, dict[str, Any]] = {}
         self._param_slots: list[_ParamSlots] = []
-        self._param_names: list[str] = []  # (theirs, in order)
-        self._all_params_wanted = False
         self._policies: dict[str, CopyPolicy] = {}
         # What holds for the current step only (reset by _due() when the step changes): each
         # collection's (stats due, values due), and the payloads shared between names.
@@ -260,10 +258,8 @@ class TorchHook:
             self._param_slots.append(_ParamSlots(
                 pname, p, self._slot(f"gradients/{pname}", "gradients", meta), self._slot(f"{coll}/{pname}", coll, meta),
                 self._slot(f"updates/{pname}", "updates", {**meta, "update": "W[step] - W[step-1]"})))
-            self._param_names.append(pname)
             if optimizer is None and p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(partial(self._on_grad, pname)))
-        self._all_params_wanted = all(ps.grad.wanted and ps.value.wanted and ps.update.wanted for ps in self._param_slots)
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(optimizer.register_step_post_hook(self._on_optimizer_post))
@@ -652,75 +648,28 @@ class TorchHook:
             value_due = {"weights": self._due("weights"), "biases": self._due("biases")}
             updates_due = self._due("updates")
             batch = ParameterBatch()
-            if self._add_parameters_in_bulk(batch, step, copies, grads_due, value_due, updates_due):
+            device_updates: list[_ParamSlots] = []
+            for ps in self._param_slots:
+                grad = ps.param.grad
+                if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
+                    self._add_gradient(batch, ps, grad, grads_due[1])
+                if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
+                    if ps.param.is_cuda:
+                        self._add_device_weight(batch, ps, value_due[ps.value.collection][1])
+                        if ps.update.wanted:
+                            device_updates.append(ps)
+                    else:
+                        self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
+            if device_updates:
+                self._add_device_updates(batch, device_updates, step, updates_due)
+            if batch.entries:
                 rec.add(PARAMETER_BATCH, "other", batch, values=False)
-            else:
-                self._add_parameters(batch, step, copies, grads_due, value_due, updates_due)
         except Exception as exc:
             self._error("optimizer step", exc)
         try:
             self._device_batch.launch()  # before optimizer.step() changes the weights
         except Exception as exc:
             self._error("device statistics", exc)
-
-    def _add_parameters(self, batch: ParameterBatch, step: int, copies: Mapping[str, ParameterCopy],
-                        grads_due: tuple[bool, bool], value_due: Mapping[str, tuple[bool, bool]],
-                        updates_due: tuple[bool, bool]) -> None:
-        """Each parameter's gradient, values and update into ``batch``, one by one (any device,
-        any schedule, copies missing, gradients reused in place)."""
-        device_updates: list[_ParamSlots] = []
-        for ps in self._param_slots:
-            grad = ps.param.grad
-            if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
-                self._add_gradient(batch, ps, grad, grads_due[1])
-            if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
-                if ps.param.is_cuda:
-                    self._add_device_weight(batch, ps, value_due[ps.value.collection][1])
-                    if ps.update.wanted:
-                        device_updates.append(ps)
-                else:
-                    self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
-        if device_updates:
-            self._add_device_updates(batch, device_updates, step, updates_due)
-        if batch.entries:
-            self.recorder.add(PARAMETER_BATCH, "other", batch, values=False)
-
-    def _add_parameters_in_bulk(self, batch: ParameterBatch, step: int, copies: Mapping[str, ParameterCopy],
-                                grads_due: tuple[bool, bool], value_due: Mapping[str, tuple[bool, bool]],
-                                updates_due: tuple[bool, bool]) -> bool:
-        """The steady state of a model on the CPU, handed over in a few list operations: every
-        parameter's gradient, values and update wanted and due, its copy made by the copier
-        (with its statistics and update norm measured) and its gradient a fresh tensor passed by
-        reference. The writer builds the entries (``ParameterBatch.bulk``). False, with nothing
-        done, when any of that does not hold: the per-parameter path then decides, and copies.
-
-        Per parameter the general path costs ~25 us of the training thread's Python (out of
-        cache, between two large matrix products); the MLP has 8 parameters.
-        """
-        slots = self._param_slots
-        if (not self._all_params_wanted or grads_due is _NOT_DUE or updates_due is _NOT_DUE or self._grads_reused
-                or len(copies) != len(slots) or any(due is _NOT_DUE for due in value_due.values())):
-            return False
-        names = self._param_names
-        maybe_grads = [ps.param.grad for ps in slots]
-        maybe_copies = [copies.get(n) for n in names]
-        prev_grads = [self._last_grad.get(n) for n in names]
-        if (any(g is None for g in maybe_grads) or any(g is None for g in prev_grads)
-                or any(c is None or c.stats is None or c.update_sumsq is None for c in maybe_copies)
-                or any(ps.grad.policy is None or ps.grad.policy.copy for ps in slots)):
-            return False
-        grads = cast(list[torch.Tensor], maybe_grads)
-        cps = cast(list[ParameterCopy], maybe_copies)
-        # Gradients zeroed in place instead of replaced live in last step's storage, which we
-        # still hold (so no allocator reuse can fool this): the general path copies them.
-        if any(g.data_ptr() == prev.data_ptr() or g.is_inference()
-               for g, prev in zip(grads, cast(list[torch.Tensor], prev_grads), strict=True)):
-            return False
-        batch.bulk = (slots, grads, [g._version for g in grads], cps, grads_due[1],
-                      {c: due[1] for c, due in value_due.items()}, updates_due[1])
-        self._last_grad.update(zip(names, grads, strict=True))
-        self._prev_weights.update(zip(names, [(step, c.tensor) for c in cps], strict=True))
-        return True
 
     def _add_gradient(self, batch: ParameterBatch, ps: _ParamSlots, grad: torch.Tensor, values_due: bool) -> None:
         slot = ps.grad

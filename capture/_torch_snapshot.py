@@ -349,38 +349,18 @@ class ParameterBatch:
     the name's :class:`CopyPolicy` last), ``"owned"`` (``a`` a ``ParameterCopy`` of the
     copier's), ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already:
     copies the training thread had to make, CUDA snapshots).
-
-    In the steady state of a CPU model the hook hands the step over as ``bulk`` instead, and
-    the writer makes the entries: ``(slots, gradients, their version counters, the copier's
-    ParameterCopy of each, gradient values due, {collection: values due} of the weights and
-    biases, update values due)``, a slot being anything with ``grad``, ``value`` and ``update``
-    slots (the hook's ``_ParamSlots``), every parameter's three tensors wanted and due.
     """
 
-    __slots__ = ("entries", "bulk")
+    __slots__ = ("entries",)
 
     def __init__(self) -> None:
         self.entries: list[tuple[Any, ...]] = []
-        self.bulk: tuple[Any, ...] | None = None
-
-    def _entries_of_bulk(self) -> list[tuple[Any, ...]]:
-        slots, grads, versions, copies, grad_values, value_due, update_values = self.bulk  # type: ignore[misc]
-        entries: list[tuple[Any, ...]] = []
-        for ps, grad, version, copy in zip(slots, grads, versions, copies, strict=True):
-            g, v, u = ps.grad, ps.value, ps.update
-            entries.append((g.name, "gradients", g.meta, grad_values, "ref", grad, version, g.policy))
-            entries.append((v.name, v.collection, v.meta, value_due[v.collection], "owned", copy, None))
-            entries.append((u.name, "updates", u.meta, update_values, "scalar", math.sqrt(copy.update_sumsq), None))
-        return entries
 
     def resolve_rows(self) -> ResolvedRows:
         """The writer's view of the batch (:class:`_writer.ResolvedRows`): gradients passed by
         reference read in one C call, the copier's weights and update norms from the numbers
         it measured already; values that are due, copies and device payloads as items."""
         rows = _Rows()
-        if self.bulk is not None:
-            self.entries += self._entries_of_bulk()
-            self.bulk = None
         for name, collection, meta, values, kind, a, b, *rest in self.entries:
             if not values:
                 if kind == "ref" and rows.read(name, (collection, meta), a, b, rest[0] if rest else None):
