@@ -804,3 +804,32 @@ def test_parameter_batch_reads_gradients_in_bulk_and_takes_known_statistics() ->
     np.testing.assert_array_equal(rows.stats[2], F.scalar_stats(2.0))
     assert [item.name for item in rows.rest] == ["gradients/v", "weights/v"]  # values due; no statistics yet
     assert batch.entries == []
+
+
+def test_parameter_statistics_at_every_step_under_the_defaults(local_dir: str) -> None:
+    """Under the defaults (statistics every step, values only now and then) the writer reads the
+    gradients in bulk from their memory and takes the weights' statistics and update norms from
+    the copier's pass: at every step they equal numpy's on the trained values."""
+    torch.manual_seed(3)
+    model = mlp(nn.ReLU)
+    x, y = classification_data(256, (20,), 4)
+    uri = _run_dir(local_dir)
+    hook = TorchHook(uri)
+    tr = train(model, hook, x, y, steps=12)
+    hook.close()
+    assert hook._copier.taken >= 10 * len(tr.weights[0])  # the copier's copies, not the hook's own
+    run = open_run(uri)
+    assert run.errors == []
+    for pname in tr.weights[0]:
+        coll = "weights" if pname.endswith("weight") else "biases"
+        for name, wanted in ((f"{coll}/{pname}", [w[pname] for w in tr.weights]),
+                             (f"gradients/{pname}", [g[pname] for g in tr.grads])):
+            st = run.stats(name)
+            assert st.mode_step.tolist() == list(range(12))
+            for s, want in enumerate(wanted):
+                assert_stats_equal(np.array([st.field(f)[s] for f in F.STAT_FIELDS]), F.numpy_stats(want))
+        updates = run.stats(f"updates/{pname}")
+        want_updates = [np.linalg.norm((tr.weights[s][pname].astype(np.float64) - tr.weights[s - 1][pname]).ravel())
+                        for s in range(1, 12)]
+        assert updates.mode_step.tolist() == list(range(1, 12))
+        np.testing.assert_allclose(updates.field("sum"), want_updates, rtol=1e-5)
