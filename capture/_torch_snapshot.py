@@ -27,9 +27,17 @@ import numpy as np
 import torch
 
 from . import _format as F
-from ._compat import HAS_FAST_STATS, STATS_AT_CODES, abs_sum_f32, diff_sumsq, fast_stats, stats_at
+from ._compat import (
+    HAS_FAST_STATS,
+    STATS_AT_CODES,
+    abs_sum_f32,
+    diff_sumsq,
+    fast_stats,
+    stats_at,
+    yield_gil,
+)
 from ._format import scalar_stats
-from ._writer import ResolvedRows, StepItem
+from ._writer import GIL_YIELD_ITEMS, GIL_YIELD_SECONDS, ResolvedRows, StepItem
 
 __all__ = ["torch_stats", "scalar_stats", "TorchPayload", "ArgmaxPayload", "UpdatePayload", "ScalarPayload", "ParameterBatch",
            "ReferenceBatch", "CopyPolicy", "ChangedInPlace", "PROBE_FORWARDS"]
@@ -361,7 +369,9 @@ class ParameterBatch:
         reference read in one C call, the copier's weights and update norms from the numbers
         it measured already; values that are due, copies and device payloads as items."""
         rows = _Rows()
-        for name, collection, meta, values, kind, a, b, *rest in self.entries:
+        for i, (name, collection, meta, values, kind, a, b, *rest) in enumerate(self.entries, 1):
+            if i % GIL_YIELD_ITEMS == 0:
+                yield_gil(GIL_YIELD_SECONDS)
             if not values:
                 if kind == "ref" and rows.read(name, (collection, meta), a, b, rest[0] if rest else None):
                     continue
@@ -433,7 +443,9 @@ class ReferenceBatch:
         rows = _Rows()
         shared: dict[tuple[int, int], TorchPayload] = {}
         entries, self.entries, self.index = self.entries, [], {}  # (the hook keeps this batch
-        for entry in entries:  # until the next step's opens: it lets go of the tensors now)
+        for i, entry in enumerate(entries, 1):  # until the next step's opens: it lets go of the tensors now)
+            if i % GIL_YIELD_ITEMS == 0:  # (the writer's Python in pieces: see GIL_YIELD_ITEMS)
+                yield_gil(GIL_YIELD_SECONDS)
             if entry is None:
                 continue
             slot, t, version, values, payload_type = entry
