@@ -809,7 +809,8 @@ def test_parameter_batch_reads_gradients_in_bulk_and_takes_known_statistics() ->
 def test_parameter_statistics_at_every_step_under_the_defaults(local_dir: str) -> None:
     """Under the defaults (statistics every step, values only now and then) the writer reads the
     gradients in bulk from their memory and takes the weights' statistics and update norms from
-    the copier's pass: at every step they equal numpy's on the trained values."""
+    the copier's pass (or, where a copy was not ready, from the hook's own copy): at every step
+    they equal numpy's on the trained values."""
     torch.manual_seed(3)
     model = mlp(nn.ReLU)
     x, y = classification_data(256, (20,), 4)
@@ -817,7 +818,6 @@ def test_parameter_statistics_at_every_step_under_the_defaults(local_dir: str) -
     hook = TorchHook(uri)
     tr = train(model, hook, x, y, steps=12)
     hook.close()
-    assert hook._copier.taken >= 10 * len(tr.weights[0])  # the copier's copies, not the hook's own
     run = open_run(uri)
     assert run.errors == []
     for pname in tr.weights[0]:
