@@ -353,10 +353,11 @@ class ParameterBatch:
     payload and step item cost the training thread ~10 us of Python per tensor (an MLP of four
     layers has 24), out of cache between two large matrix products. An entry is
     ``(name, collection, meta, values_due, kind, a, b)``, ``kind`` saying how the writer gets
-    its statistics (or, when its values are due, rebuilds its payload): ``"ref"`` (``a`` the tensor, ``b`` its version counter when the hook saw it, with
-    the name's :class:`CopyPolicy` last), ``"owned"`` (``a`` a ``ParameterCopy`` of the
-    copier's), ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already:
-    copies the training thread had to make, CUDA snapshots).
+    its statistics (or, when its values are due, rebuilds its payload): ``"ref"`` (``a`` the
+    tensor, ``b`` its version counter when the hook saw it, with the name's
+    :class:`CopyPolicy` last), ``"owned"`` (``a`` a ``ParameterCopy`` of the copier's),
+    ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already: copies the
+    training thread had to make, CUDA snapshots).
     """
 
     __slots__ = ("entries",)
@@ -408,8 +409,8 @@ class ReferenceBatch:
     leave the interpreter's caches cold: building a payload and a step item for each tensor
     there cost the training thread ~15 us a tensor. Here a hook appends
     ``(slot, tensor, version counter, values due, payload type)`` to ``entries``, and the writer
-    reads the tensors in bulk (or makes payloads for those that need one). A name recorded twice in a step (gradient accumulation) keeps its last
-    tensor, as :meth:`StepRecord.put` does: ``index`` maps a name to its entry, and a name
+    reads the tensors in bulk (or makes payloads for those that need one). A name recorded
+    twice in a step (gradient accumulation) keeps its last tensor, as :meth:`StepRecord.put` does: ``index`` maps a name to its entry, and a name
     moved to another step item is dropped with :meth:`discard`. ``slot`` is anything with
     ``name``, ``collection``, ``meta`` and ``policy`` attributes (the hook's slots).
     """
@@ -442,9 +443,10 @@ class ReferenceBatch:
         keep the tensors alive, so no other tensor of the step can have the same id."""
         rows = _Rows()
         shared: dict[tuple[int, int], TorchPayload] = {}
-        entries, self.entries, self.index = self.entries, [], {}  # (the hook keeps this batch
-        for i, entry in enumerate(entries, 1):  # until the next step's opens: it lets go of the tensors now)
-            if i % GIL_YIELD_ITEMS == 0:  # (the writer's Python in pieces: see GIL_YIELD_ITEMS)
+        # (The hook keeps this batch until the next step's opens: it lets go of the tensors now.)
+        entries, self.entries, self.index = self.entries, [], {}
+        for i, entry in enumerate(entries, 1):
+            if i % GIL_YIELD_ITEMS == 0:  # the writer's Python in pieces (see GIL_YIELD_ITEMS)
                 yield_gil(GIL_YIELD_SECONDS)
             if entry is None:
                 continue
