@@ -294,16 +294,25 @@ class _Rows:
         self._by_tensor: dict[tuple[int, int], int] = {}
 
     def read(self, name: str, kind: tuple[str, Any], t: torch.Tensor, version: int, policy: CopyPolicy | None) -> bool:
-        """Read ``t`` in the bulk call, or return False (not a contiguous CPU tensor of a
-        dtype the C pass knows, or no extension): the caller then makes it an item."""
+        """Read ``t`` in the bulk call, or return False (not a plain contiguous CPU tensor of
+        a dtype the C pass knows, or no extension): the caller then makes it an item, whose
+        failure, if any, is that tensor's alone."""
         code = _BULK_CODES.get(t.dtype)
-        if code is None or not HAS_FAST_STATS or not t.is_cpu or not t.is_contiguous():
+        if code is None or not HAS_FAST_STATS:
             return False
         key = (id(t), version)
         j = self._by_tensor.get(key)
         if j is None:
+            try:
+                # (A negative-bit view holds its values unnegated in memory; a tensor subclass
+                # without storage has no address to read.)
+                if not t.is_cpu or not t.is_contiguous() or t.is_neg():
+                    return False
+                spec = (t.data_ptr(), t.numel(), code)
+            except Exception:
+                return False
             j = self._by_tensor[key] = len(self.specs)
-            self.specs.append((t.data_ptr(), t.numel(), code))
+            self.specs.append(spec)
             self.reads.append((t, version, policy))
         self.names.append(name)
         self.kinds.append(kind)

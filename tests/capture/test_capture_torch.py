@@ -753,8 +753,9 @@ def test_reference_batch_reads_its_tensors_in_bulk() -> None:
     out1, out2, scores = torch.randn(64, 32, generator=g), torch.randn(64, 8, generator=g), torch.randn(64, 10, generator=g)
     labels, wide = torch.randint(0, 10, (64,), generator=g), torch.randn(8, 64, generator=g).t()
     changed, half = torch.randn(100, generator=g), torch.randn(5, generator=g).half()
+    negated, sparse = torch._neg_view(torch.randn(6, generator=g)), torch.eye(3).to_sparse()
     batch = ReferenceBatch()
-    slots = {n: _FakeSlot(n) for n in ["a", "act", "b", "labels", "preds", "wide", "changed", "half", "due"]}
+    slots = {n: _FakeSlot(n) for n in ["a", "act", "b", "labels", "preds", "wide", "changed", "half", "due", "neg", "sparse"]}
     batch.add(slots["a"], out1, out1._version, False, TorchPayload)
     batch.add(slots["act"], out1, out1._version, False, TorchPayload)  # the same tensor, another name
     batch.add(slots["b"], out2, out2._version, False, TorchPayload)
@@ -764,6 +765,8 @@ def test_reference_batch_reads_its_tensors_in_bulk() -> None:
     batch.add(slots["changed"], changed, changed._version, False, TorchPayload)
     batch.add(slots["half"], half, half._version, False, TorchPayload)
     batch.add(slots["due"], out2, out2._version, True, TorchPayload)
+    batch.add(slots["neg"], negated, negated._version, False, TorchPayload)  # memory holds -values
+    batch.add(slots["sparse"], sparse, sparse._version, False, TorchPayload)
     batch.discard("b")
     batch.add(slots["b"], out2, out2._version, False, TorchPayload)  # added again after a discard
     changed.mul_(2)  # after the hook saw it, before the writer reads it
@@ -775,7 +778,7 @@ def test_reference_batch_reads_its_tensors_in_bulk() -> None:
         assert_stats_equal(rows.stats[rows.names.index(name)], F.numpy_stats(t.numpy()))
     assert [(item.name, item.values, type(item.payload).__name__) for item in rows.rest] == [
         ("preds", False, "ArgmaxPayload"), ("wide", False, "TorchPayload"), ("half", False, "TorchPayload"),
-        ("due", True, "TorchPayload")]
+        ("due", True, "TorchPayload"), ("neg", False, "TorchPayload"), ("sparse", False, "TorchPayload")]
     assert [name for name, _ in rows.errors] == ["changed"] and "changed in place" in rows.errors[0][1]
     assert slots["changed"].policy.copy and not slots["a"].policy.copy
     assert batch.entries == [] and batch.index == {}  # the batch let go of its tensors
