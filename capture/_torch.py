@@ -727,6 +727,14 @@ class TorchHook:
             payload = TorchPayload(p, how="copy")
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "payload", payload, None))
             snapshot = payload.tensor  # a private copy
+        elif copy.stats is not None and not values_due:
+            # Only the numbers the copy pass measured: the batch must not keep the copy's buffer
+            # until the writer gets to this step. The copier reuses a buffer nobody holds; a
+            # writer a few steps behind held them all, and the copier then allocated fresh
+            # ones (a page fault per 4 KiB, the GIL retaken for each parameter), which cost the
+            # training thread, waiting in the next pre-hook, up to tens of milliseconds.
+            batch.entries.append((slot.name, slot.collection, slot.meta, False, "stats", copy.stats, None))
+            snapshot = copy.tensor
         else:
             batch.entries.append((slot.name, slot.collection, slot.meta, values_due, "owned", copy, None))
             snapshot = copy.tensor

@@ -365,8 +365,9 @@ class ParameterBatch:
     its statistics (or, when its values are due, rebuilds its payload): ``"ref"`` (``a`` the
     tensor, ``b`` its version counter when the hook saw it, with the name's
     :class:`CopyPolicy` last), ``"owned"`` (``a`` a ``ParameterCopy`` of the copier's),
-    ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already: copies the
-    training thread had to make, CUDA snapshots).
+    ``"stats"`` (``a`` the statistics the copier measured, values never due: the batch holds
+    no tensor), ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already:
+    copies the training thread had to make, CUDA snapshots).
     """
 
     __slots__ = ("entries",)
@@ -382,6 +383,9 @@ class ParameterBatch:
         for i, (name, collection, meta, values, kind, a, b, *rest) in enumerate(self.entries, 1):
             if i % GIL_YIELD_ITEMS == 0:
                 yield_gil(GIL_YIELD_SECONDS)
+            if kind == "stats":
+                rows.known(name, (collection, meta), a)
+                continue
             if not values:
                 if kind == "ref" and rows.read(name, (collection, meta), a, b, rest[0] if rest else None):
                     continue

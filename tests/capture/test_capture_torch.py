@@ -720,6 +720,50 @@ def test_weights_are_copied_off_the_training_thread_and_checked(local_dir: str, 
         np.testing.assert_allclose(upd.field("sum"), want, rtol=1e-5)
 
 
+def test_the_copier_reuses_its_buffers_while_the_writer_lags(local_dir: str) -> None:
+    """Under the defaults a step whose weight values are not due hands the writer only the
+    numbers the copy pass measured, not the copy: a writer several steps behind holds no
+    buffer of the copier's, which keeps reusing the same few (a fresh allocation costs a page
+    fault per 4 KiB, and the training thread waited for it in the next step's pre-hook)."""
+    from trainaudit.capture._config import DEFAULT_FIRST_STEPS
+    from trainaudit.capture._torch_params import ParameterCopier
+
+    torch.manual_seed(4)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = classification_data(64, (20,), 4)
+    gate = threading.Event()
+    outside_pool: list[str] = []
+    uri = _run_dir(local_dir)
+    with TorchHook(uri).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        copier, writer = hook._copier, hook.recorder.writer
+        take = copier.take
+
+        def checked_take(step: int) -> dict[str, ParameterCopier]:
+            copies = take(step)
+            outside_pool.extend(name for name, c in copies.items()
+                                if not any(buf is c.tensor for buf, _ in copier._pools.get(name, ())))
+            return copies  # type: ignore[return-value]
+
+        copier.take = checked_take  # type: ignore[method-assign]
+        steps = DEFAULT_FIRST_STEPS + 12
+        for s in range(steps):
+            if s == DEFAULT_FIRST_STEPS + 1:  # the steps with values are written: now stall the writer
+                hook.flush()
+                resolve = writer._resolve
+                writer._resolve = lambda rec: (gate.wait(30.0), resolve(rec))[1]  # type: ignore[method-assign]
+            opt.zero_grad()
+            Fn.cross_entropy(model(x), y).backward()
+            opt.step()
+            time.sleep(0.02)  # the helper thread copies while the training thread is away
+        gate.set()
+        # (step 0's weights are copied by the hook: no optimizer step came before it to schedule one)
+        assert copier.missed == 0 and copier.taken == (steps - 1) * len(list(model.parameters()))
+    assert outside_pool == []
+    run = open_run(uri)
+    assert run.errors == [] and run.committed_steps() == steps
+
+
 @pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread priorities are a Linux feature")
 def test_capture_threads_run_below_the_training_thread(local_dir: str) -> None:
     from trainaudit.capture._compat import THREAD_NICENESS
@@ -797,14 +841,16 @@ def test_parameter_batch_reads_gradients_in_bulk_and_takes_known_statistics() ->
         ("gradients/w", "gradients", {"p": "w"}, False, "ref", grad, grad._version, policy),
         ("weights/w", "weights", {"p": "w"}, False, "owned", ParameterCopy(weight, known, 4.0), None),
         ("updates/w", "updates", {"p": "w"}, False, "scalar", 2.0, None),
+        ("biases/w", "biases", {"p": "w"}, False, "stats", known, None),
         ("gradients/v", "gradients", {"p": "v"}, True, "ref", values_grad, values_grad._version, policy),
         ("weights/v", "weights", {"p": "v"}, False, "owned", ParameterCopy(weight.clone()), None),
     ]
     rows = batch.resolve_rows()
-    assert rows.names == ["gradients/w", "weights/w", "updates/w"] and rows.errors == []
+    assert rows.names == ["gradients/w", "weights/w", "updates/w", "biases/w"] and rows.errors == []
     assert_stats_equal(rows.stats[0], F.numpy_stats(grad.numpy()))
     np.testing.assert_array_equal(rows.stats[1], known)
     np.testing.assert_array_equal(rows.stats[2], F.scalar_stats(2.0))
+    np.testing.assert_array_equal(rows.stats[3], known)
     assert [item.name for item in rows.rest] == ["gradients/v", "weights/v"]  # values due; no statistics yet
     assert batch.entries == []
 
