@@ -11,8 +11,10 @@ and predictions (small, needed by the data rules) in full every step.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,9 @@ __all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_F
 #: Full values every 50 steps: 20 saved steps per 1,000 are plenty for the activation and
 #: weight rules, and the cost stays small (docs/BENCHMARKS.md).
 DEFAULT_VALUE_INTERVAL = 50
+#: What :meth:`SaveSchedule.unchanged_for` answers for a schedule that no longer changes.
+FOREVER = sys.maxsize
+
 #: The first steps of each mode are saved in full: initialization checks look at step 0.
 DEFAULT_FIRST_STEPS = 2
 #: Gradients are as large as the weights, and every gradient rule reads their statistics, not
@@ -68,6 +73,31 @@ class SaveSchedule:
         if self.every is not None and mode_step % self.every == 0:
             return True
         return mode_step in self.steps
+
+    def unchanged_for(self, mode_step: int, mode: str = "train") -> int:
+        """How many steps from ``mode_step`` on (``mode_step`` included, at least 1)
+        :meth:`due` keeps the answer it gives at ``mode_step``; ``FOREVER`` when it never
+        changes. Lets the hooks work out a collection's schedule once per change, not once
+        per step: between two saved steps of values nothing changes."""
+        if mode not in self.modes or (self.end is not None and mode_step >= self.end):
+            return FOREVER
+        if mode_step < self.start:
+            return self.start - mode_step
+        if self.due(mode_step, mode):
+            if self.every == 1:  # due at every step until the end
+                return FOREVER if self.end is None else self.end - mode_step
+            return 1
+        # Not due: until the next multiple of ``every``, the next listed step or the end.
+        # (The ``first`` steps lie behind: a step among them is due.)
+        nxt = FOREVER
+        if self.every is not None:
+            nxt = (mode_step // self.every + 1) * self.every
+        i = bisect.bisect_right(self.steps, mode_step)
+        if i < len(self.steps):
+            nxt = min(nxt, self.steps[i])
+        if self.end is not None:
+            nxt = min(nxt, self.end)
+        return FOREVER if nxt == FOREVER else nxt - mode_step
 
     @classmethod
     def never(cls) -> SaveSchedule:
@@ -172,6 +202,11 @@ class CaptureConfig:
             self.stats[collection].due(mode_step, mode),
             self.values[collection].due(mode_step, mode),
         )
+
+    def unchanged_for(self, collection: str, mode: str, mode_step: int) -> int:
+        """How many steps from ``mode_step`` on :meth:`due` gives the same answer for
+        ``collection`` (see :meth:`SaveSchedule.unchanged_for`)."""
+        return min(self.stats[collection].unchanged_for(mode_step, mode), self.values[collection].unchanged_for(mode_step, mode))
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod

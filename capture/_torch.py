@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from . import _format as F
-from ._config import CaptureConfig
+from ._config import FOREVER, CaptureConfig
 from ._recorder import Recorder
 from ._torch_device import (
     DevicePayload,
@@ -115,6 +115,8 @@ class _ModuleSlots:
 
 #: ``_due`` cache entry for a collection not due at this step.
 _NOT_DUE = (False, False)
+#: ... and for one whose statistics are due but not its values (most steps, at the defaults).
+_STATS_ONLY = (True, False)
 
 #: The step items that carry the optimizer step's parameter tensors (a ParameterBatch) and the
 #: tensors passed by reference (a ReferenceBatch); not tensor names (names are
@@ -180,7 +182,18 @@ class TorchHook:
         self._param_meta: dict[str, dict[str, Any]] = {}
         self._prev_weights: dict[str, tuple[int, torch.Tensor]] = {}
         self._last_grad: dict[str, torch.Tensor] = {}
+        # The data pointers of the gradients in _last_grad when the bulk path filled it (None:
+        # the per-parameter path did since, and the bulk path reads them from _last_grad).
+        self._last_grad_ptrs: set[int] | None = None
         self._grads_reused = False
+        # The parameters the optimizer hooks handle in bulk in the steady state (all of them,
+        # when the configuration wants every parameter's gradient, values and update; else
+        # empty), worked out at the first step; and the last train step they did.
+        self._bulk_slots: list[_ParamSlots] | None = None
+        self._bulk_names: list[str] = []
+        self._bulk_pairs: list[tuple[str, nn.Parameter]] = []
+        self._bulk_collections: tuple[str, ...] = ()
+        self._bulk_step = -2
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._param_meta_settled = False
         self._loss_hooked = False
@@ -193,6 +206,11 @@ class TorchHook:
         self._due_global_step = -1
         self._due_mode = ""
         self._due_cache: dict[str, tuple[bool, bool]] = {}
+        # The cache holds for the mode steps [_due_from, _due_until) of _due_mode: the
+        # schedules say so (CaptureConfig.unchanged_for), so it is worked out again only when
+        # a schedule changes its answer, not every step.
+        self._due_from = 0
+        self._due_until = 0
         # Copied tensors whose originals are watched for in-place changes (see CopyPolicy):
         # those captured before the last forward pass began, and those since.
         self._probes_old: list[tuple[CopyPolicy, torch.Tensor, int]] = []
@@ -357,13 +375,18 @@ class TorchHook:
         """``(stats, values)`` due for ``collection`` at the current step (computed once a step)."""
         rec = self.recorder
         if rec.global_step != self._due_global_step or rec.mode != self._due_mode:  # (the hooks call
-            self._due_global_step, self._due_mode = rec.global_step, rec.mode  # this ~40 times a step)
-            self._due_cache = {}
+            step = rec.mode_step  # this ~40 times a step)
+            if rec.mode != self._due_mode or not self._due_from <= step < self._due_until:
+                self._due_cache = {}
+                self._due_from, self._due_until = step, FOREVER
+            self._due_global_step, self._due_mode = rec.global_step, rec.mode
             self._step_payloads.clear()
         due = self._due_cache.get(collection)
         if due is None:
-            stats_due, values_due = self.config.due(collection, rec.mode, rec.mode_step)
+            step = rec.mode_step
+            stats_due, values_due = self.config.due(collection, rec.mode, step)
             due = self._due_cache[collection] = (stats_due, values_due) if (stats_due or values_due) else _NOT_DUE
+            self._due_until = min(self._due_until, step + self.config.unchanged_for(collection, rec.mode, step))
         return due
 
     def _capture(self, name: str, collection: str, t: torch.Tensor, meta: Mapping[str, Any] | None, *, how: str | None = None) -> None:
@@ -648,6 +671,10 @@ class TorchHook:
             value_due = {"weights": self._due("weights"), "biases": self._due("biases")}
             updates_due = self._due("updates")
             batch = ParameterBatch()
+            if self._add_parameters_in_bulk(batch, step, copies, grads_due, value_due, updates_due):
+                rec.add(PARAMETER_BATCH, "other", batch, values=False)
+                return
+            self._last_grad_ptrs = None  # (the loop below refreshes _last_grad one by one)
             device_updates: list[_ParamSlots] = []
             for ps in self._param_slots:
                 grad = ps.param.grad
@@ -670,6 +697,60 @@ class TorchHook:
             self._device_batch.launch()  # before optimizer.step() changes the weights
         except Exception as exc:
             self._error("device statistics", exc)
+
+    def _add_parameters_in_bulk(self, batch: ParameterBatch, step: int, copies: dict[str, ParameterCopy],
+                                grads_due: tuple[bool, bool], value_due: dict[str, tuple[bool, bool]],
+                                update_due: tuple[bool, bool]) -> bool:
+        """The steady state of a CPU training (statistics due, no values; every weight copied
+        and measured by the helper thread; fresh gradients passed by reference) as one
+        ``"bulk"`` entry of the batch, made with a few list operations: the loop over the
+        parameters cost the training thread ~10 us of Python per parameter, out of cache
+        between two large matrix products. False (nothing done) when the step is not such a
+        step: the per-parameter loop then handles it."""
+        slots = self._bulk_slots
+        if slots is None:
+            slots = self._bulk_slots = self._bulk_parameters()
+        numbers = self._copier.numbers  # (set by take(): the whole step copied and measured)
+        if (not slots or numbers is None or len(numbers) != len(slots) or self._grads_reused
+                or grads_due != _STATS_ONLY or update_due != _STATS_ONLY
+                or any(value_due[c] != _STATS_ONLY for c in self._bulk_collections)):
+            return False
+        try:
+            grads: list[torch.Tensor] = [ps.param.grad for ps in slots]  # type: ignore[misc]
+            ptrs = [g.data_ptr() for g in grads]  # (AttributeError: a parameter without a gradient)
+            versions = [g._version for g in grads]  # (RuntimeError: an inference tensor)
+        except (AttributeError, RuntimeError):
+            return False
+        last_ptrs = self._last_grad_ptrs
+        if last_ptrs is None:
+            if len(self._last_grad) != len(slots):
+                return False  # (a parameter seen for the first time: the loop copies its gradient)
+            last_ptrs = {t.data_ptr() for t in self._last_grad.values()}
+        if not last_ptrs.isdisjoint(ptrs) or any(ps.grad.policy.copy for ps in slots):  # type: ignore[union-attr]
+            return False  # gradients reused in place (see _grad_copy), or one must be copied
+        # The previous gradients are kept (and replaced) as _grad_copy keeps them: while they
+        # live, a fresh gradient cannot have one's address.
+        self._last_grad = dict(zip(self._bulk_names, grads, strict=True))
+        self._last_grad_ptrs = set(ptrs)
+        self._prev_weights.update((name, (step, c.tensor)) for name, c in copies.items())
+        self._bulk_step = step
+        batch.entries.append((None, "parameters", None, False, "bulk", (slots, grads, versions, numbers), None))
+        return True
+
+    def _bulk_parameters(self) -> list[_ParamSlots]:
+        """The parameters for :meth:`_add_parameters_in_bulk`: all, when the configuration wants
+        every parameter's gradient, values and update (each gradient slot given its policy
+        now); else none."""
+        slots = self._param_slots
+        if not slots or not all(ps.grad.wanted and ps.value.wanted and ps.update.wanted for ps in slots):
+            return []
+        for ps in slots:
+            if ps.grad.policy is None:
+                ps.grad.policy = self._policies.setdefault(ps.grad.name, CopyPolicy())
+        self._bulk_names = [ps.pname for ps in slots]
+        self._bulk_pairs = [(ps.pname, ps.param) for ps in slots]
+        self._bulk_collections = tuple({ps.value.collection for ps in slots})
+        return list(slots)
 
     def _add_gradient(self, batch: ParameterBatch, ps: _ParamSlots, grad: torch.Tensor, values_due: bool) -> None:
         slot = ps.grad
@@ -788,6 +869,12 @@ class TorchHook:
         step = self.recorder.mode_step
         updates_due = self._due("updates") is not _NOT_DUE
         value_due = {"weights": self._due("weights") is not _NOT_DUE, "biases": self._due("biases") is not _NOT_DUE}
+        if self._bulk_step == step - 1 and updates_due and value_due["weights"] and value_due["biases"]:
+            # The last pre-hook took every parameter in bulk: all are CPU tensors whose
+            # previous copies are of the step before this one.
+            prevs = self._prev_weights
+            self._copier.schedule(step, [(name, p, prevs[name][1]) for name, p in self._bulk_pairs])
+            return
         due: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
         for ps in self._param_slots:
             p = ps.param

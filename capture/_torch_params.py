@@ -74,7 +74,7 @@ class _CopyJob:
     (an atomic dict operation, no lock to make every step): the helper thread, which then
     makes the copies, or the training thread, which cancels the job."""
 
-    __slots__ = ("step", "params", "versions", "claim", "copies")
+    __slots__ = ("step", "params", "versions", "claim", "copies", "numbers")
 
     def __init__(self, step: int, params: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]) -> None:
         self.step = step
@@ -82,6 +82,9 @@ class _CopyJob:
         self.versions = [p._version for _, p, _ in self.params]
         self.claim = {0: True}
         self.copies: dict[str, ParameterCopy] = {}
+        #: ``{name: (statistics, update sum of squares or None)}`` when the C pass measured
+        #: every copy (see ParameterCopier.numbers).
+        self.numbers: dict[str, tuple[tuple[float, ...], float | None]] | None = None
 
 
 class ParameterCopier:
@@ -105,6 +108,11 @@ class ParameterCopier:
         self._busy = threading.Lock()
         self.taken = 0  # copies handed out whole (for tests and benchmarks)
         self.missed = 0  # copies the training thread had to make after all
+        #: What the C pass measured of the copies the last ``take()`` returned, as
+        #: ``{name: (statistics, sum((W_s - W_{s-1})**2) or None)}``: set only when that
+        #: ``take()`` returned every copy of its step and the pass measured them all, else None.
+        #: Numbers, not tensors: the hook hands them to the writer without holding a copy.
+        self.numbers: dict[str, tuple[tuple[float, ...], float | None]] | None = None
         # Reused copies, each with a numpy view of it: a fresh allocation of a large tensor
         # costs a page fault per 4 KiB on first touch, 3-4x the copy itself.
         self._pools: dict[str, list[tuple[torch.Tensor, np.ndarray]]] = {}
@@ -132,6 +140,7 @@ class ParameterCopier:
     def take(self, step: int) -> dict[str, ParameterCopy]:
         """The whole copies made for ``step``; parameters missing from the result need a copy."""
         job, self._job = self._job, None
+        self.numbers = None
         if job is None:
             return {}
         started = self._cancel(job)
@@ -145,6 +154,8 @@ class ParameterCopier:
                if name in job.copies and p._version == v}
         self.taken += len(out)
         self.missed += len(job.params) - len(out)
+        if len(out) == len(job.params):
+            self.numbers = job.numbers
         return out
 
     def close(self) -> None:
@@ -241,6 +252,8 @@ class ParameterCopier:
                     continue  # cancelled
                 try:
                     job.copies = self._copy_all(job.params)
+                    if all(c.stats is not None for c in job.copies.values()):
+                        job.numbers = {name: (c.stats, c.update_sumsq) for name, c in job.copies.items()}  # type: ignore[misc]
                 except Exception as exc:  # capture never crashes training: the pre-hook copies instead
                     log.warning("trainaudit: could not copy parameters off the training thread: %s", exc)
                     job.copies = {}

@@ -368,6 +368,14 @@ class ParameterBatch:
     ``"stats"`` (``a`` the statistics the copier measured, values never due: the batch holds
     no tensor), ``"scalar"`` (``a`` a number) or ``"payload"`` (``a`` a payload made already:
     copies the training thread had to make, CUDA snapshots).
+
+    A step of the steady state (every parameter's gradient passed by reference, its weights
+    measured by the copier, no values due) is one entry of kind ``"bulk"``, ``a`` being
+    ``(slots, gradients, versions, numbers)``: the hook's ``_ParamSlots`` (anything with
+    ``pname`` and ``grad``/``value``/``update`` slots), each parameter's gradient and its
+    version counter, and the copier's ``{pname: (statistics, update sum of squares or
+    None)}``. The training thread builds that with a few list operations; the per-parameter
+    work is the writer's (:meth:`_expand_bulk`).
     """
 
     __slots__ = ("entries",)
@@ -385,6 +393,9 @@ class ParameterBatch:
                 yield_gil(GIL_YIELD_SECONDS)
             if kind == "stats":
                 rows.known(name, (collection, meta), a)
+                continue
+            if kind == "bulk":
+                self._expand_bulk(rows, *a)
                 continue
             if not values:
                 if kind == "ref" and rows.read(name, (collection, meta), a, b, rest[0] if rest else None):
@@ -408,6 +419,26 @@ class ParameterBatch:
             rows.rest.append(StepItem(name, collection, payload, values, meta))
         self.entries = []
         return rows.finish()
+
+    @staticmethod
+    def _expand_bulk(rows: _Rows, slots: Sequence[Any], grads: Sequence[torch.Tensor], versions: Sequence[int],
+                     numbers: dict[str, tuple[Any, float | None]]) -> None:
+        """A ``"bulk"`` entry's rows: each gradient read by reference (or, when the bulk read
+        cannot take it, an item of its own), each parameter's statistics and update norm from
+        the copier's numbers."""
+        for i, (ps, grad, version) in enumerate(zip(slots, grads, versions, strict=True), 1):
+            if i % GIL_YIELD_ITEMS == 0:
+                yield_gil(GIL_YIELD_SECONDS)
+            g = ps.grad
+            if not rows.read(g.name, ("gradients", g.meta), grad, version, g.policy):
+                payload = TorchPayload(grad, how="ref", policy=g.policy, version=version)
+                rows.rest.append(StepItem(g.name, "gradients", payload, False, g.meta))
+            stats, update_sumsq = numbers[ps.pname]
+            value = ps.value
+            rows.known(value.name, (value.collection, value.meta), stats)
+            if update_sumsq is not None:
+                update = ps.update
+                rows.known(update.name, ("updates", update.meta), scalar_stats(math.sqrt(update_sumsq)))
 
     def resolve(self, want_values: bool) -> tuple[np.ndarray, np.ndarray | None]:
         raise RuntimeError("a ParameterBatch is read in bulk by the writer (resolve_rows), never resolved itself")

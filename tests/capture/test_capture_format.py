@@ -394,6 +394,38 @@ def test_schedule_due(schedule: SaveSchedule, saved: list[int]) -> None:
     assert [s for s in range(12) if schedule.due(s)] == saved
 
 
+@given(
+    every=st.one_of(st.none(), st.integers(1, 12)),
+    first=st.integers(0, 5),
+    start=st.integers(0, 10),
+    end=st.one_of(st.none(), st.integers(0, 40)),
+    steps=st.lists(st.integers(0, 50), max_size=4),
+    modes=st.sampled_from([("train",), ("train", "eval", "predict")]),
+    mode=st.sampled_from(["train", "eval"]),
+    step=st.integers(0, 60),
+)
+def test_schedule_unchanged_for_is_a_run_of_equal_answers(every: int | None, first: int, start: int, end: int | None,
+                                                          steps: list[int], modes: tuple[str, ...], mode: str, step: int) -> None:
+    """``unchanged_for`` (the hooks work a schedule out once per change) never spans a step
+    whose answer differs (so a saved step is never skipped), and between saved steps reaches
+    the next one; FOREVER only when nothing changes again."""
+    from trainaudit.capture._config import FOREVER
+
+    sch = SaveSchedule(every=every, first=first, start=start, end=end, steps=tuple(steps), modes=modes)
+    run = sch.unchanged_for(step, mode)
+    assert run >= 1
+    horizon = 130
+    answers = [sch.due(t, mode) for t in range(step, step + horizon)]
+    changes = [i for i in range(1, horizon) if answers[i] != answers[0]]
+    assert all(a == answers[0] for a in answers[: min(run, horizon)])
+    if changes and not answers[0] and step >= start:
+        assert run == changes[0]  # (not due: up to the next saved step exactly; before start, to start)
+    if run == FOREVER:
+        assert not changes
+    cfg = CaptureConfig(values={"weights": sch})
+    assert cfg.unchanged_for("weights", mode, step) == run  # (statistics every step: never the shorter)
+
+
 def test_schedule_modes() -> None:
     s = SaveSchedule(every=1, modes=("eval",))
     assert not s.due(0, "train") and s.due(0, "eval")

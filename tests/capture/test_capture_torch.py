@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -294,6 +295,45 @@ def test_gradients_are_right_whether_zero_grad_replaces_or_zeroes_them(local_dir
     for step, g in enumerate(seen):
         np.testing.assert_array_equal(run.values("gradients/0.weight", step), g)
     assert hook._grads_reused is (not set_to_none)
+
+
+@pytest.mark.parametrize("set_to_none", [True, False], ids=["fresh-grads", "grads-zeroed-in-place"])
+def test_the_steady_state_hands_the_parameters_over_in_bulk(local_dir: str, set_to_none: bool) -> None:
+    """Statistics every step, no values: once the helper thread copies and measures every
+    weight, the optimizer's pre-hook hands the step's parameters to the writer as one bulk
+    entry (gradients by reference, the copier's numbers), and every statistic still equals
+    numpy's. Gradients zeroed in place are noticed as before and copied: never in bulk."""
+    torch.manual_seed(7)
+    model = mlp(nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = classification_data(256, (20,), 4)
+    config = CaptureConfig(values={c: SaveSchedule.never() for c in F.COLLECTIONS})
+    uri = _run_dir(local_dir)
+    grads: list[dict[str, np.ndarray]] = []
+    weights: list[dict[str, np.ndarray]] = []
+    with TorchHook(uri, config=config).register(model, opt, nn.CrossEntropyLoss()) as hook:
+        for s in range(10):
+            opt.zero_grad(set_to_none=set_to_none)
+            Fn.cross_entropy(model(x[s * 16 : s * 16 + 16]), y[s * 16 : s * 16 + 16]).backward()
+            grads.append({k: p.grad.numpy().copy() for k, p in model.named_parameters()})  # type: ignore[union-attr]
+            weights.append({k: p.detach().numpy().copy() for k, p in model.named_parameters()})
+            opt.step()
+            time.sleep(0.02)  # the helper thread copies while the training thread is away
+    # (steps 0 and 1 take the per-parameter path: no copy was made for step 0, and step 1's
+    # copy has no pooled copy before it to measure its update against)
+    assert hook._bulk_step == (9 if set_to_none else -2)
+    assert hook._grads_reused is (not set_to_none)
+    run = open_run(uri)
+    assert run.errors == []
+    for pname in weights[0]:
+        coll = "weights" if pname.endswith("weight") else "biases"
+        for name, wanted in ((f"{coll}/{pname}", [w[pname] for w in weights]), (f"gradients/{pname}", [g[pname] for g in grads])):
+            st = run.stats(name)
+            assert st.mode_step.tolist() == list(range(10))
+            for s, want in enumerate(wanted):
+                assert_stats_equal(np.array([st.field(f)[s] for f in F.STAT_FIELDS]), F.numpy_stats(want))
+        want_updates = [np.linalg.norm((weights[s][pname].astype(np.float64) - weights[s - 1][pname]).ravel()) for s in range(1, 10)]
+        np.testing.assert_allclose(run.stats(f"updates/{pname}").field("sum"), want_updates, rtol=1e-5)
 
 
 CFG_CASES = {
@@ -746,12 +786,17 @@ def test_the_copier_reuses_its_buffers_while_the_writer_lags(local_dir: str) -> 
             return copies  # type: ignore[return-value]
 
         copier.take = checked_take  # type: ignore[method-assign]
+        resolve = writer._resolve
+
+        def stalled_resolve(rec: Any) -> Any:
+            gate.wait(30.0)
+            return resolve(rec)
+
         steps = DEFAULT_FIRST_STEPS + 12
         for s in range(steps):
             if s == DEFAULT_FIRST_STEPS + 1:  # the steps with values are written: now stall the writer
                 hook.flush()
-                resolve = writer._resolve
-                writer._resolve = lambda rec: (gate.wait(30.0), resolve(rec))[1]  # type: ignore[method-assign]
+                writer._resolve = stalled_resolve  # type: ignore[method-assign]
             opt.zero_grad()
             Fn.cross_entropy(model(x), y).backward()
             opt.step()
