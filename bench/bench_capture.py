@@ -16,6 +16,11 @@ and CaptureConfig.full() (statistics and full values of everything, every step).
 its work does not leak into the next uncaptured block; the flush wait is reported separately
 (``flush ms/step``: writer work the training thread did not wait for).
 
+Those short blocks never hold one of the writer's own flushes (every ``flush_seconds``, or
+sooner when 64 MiB of values wait), whose store writes compete with training for the GIL. A
+second, *sustained* measurement alternates blocks of ``--sustained-seconds`` (default 12 s)
+for the A/A case and the defaults, and compares mean step times: what a long training pays.
+
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_capture.py            # writes docs/BENCHMARKS.md
@@ -149,7 +154,70 @@ class Result:
         return self.cap_mean_ms / self.base_mean_ms
 
 
+@dataclass
+class Sustained:
+    """Long blocks of training that include the writer's periodic flushes."""
+
+    model: str
+    config: str
+    seconds: float
+    base_mean_ms: list[float]  # per round
+    cap_mean_ms: list[float]
+    commits_in_blocks: int  # the writer's own flushes (and heartbeats) during the timed blocks
+
+    @property
+    def ratios(self) -> list[float]:
+        return [c / b for b, c in zip(self.base_mean_ms, self.cap_mean_ms, strict=True)]
+
+
 def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, batch: int, workdir: str) -> Result:
+    base_model, cap_model, hook, uri, step = make_case(model_name, config_name, batch=batch, workdir=workdir)
+
+    def run_block(m: nn.Module, r: int) -> list[float]:
+        return [step(m, r * block + k) for k in range(block)]
+
+    base, cap, round_ratios, flush_s = alternate(base_model, cap_model, hook, rounds, run_block)
+    size, dropped, steps, tensors = close_and_measure(hook, uri)
+    return Result(
+        model=model_name, config=config_name,
+        base_median_ms=1e3 * statistics.median(base), cap_median_ms=1e3 * statistics.median(cap),
+        base_mean_ms=1e3 * statistics.fmean(base), cap_mean_ms=1e3 * statistics.fmean(cap), round_ratios=round_ratios,
+        flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
+        tensors=tensors, dropped=dropped,
+    )
+
+
+def sustained_case(model_name: str, config_name: str, *, rounds: int, seconds: float, batch: int, workdir: str) -> Sustained:
+    """Alternate blocks of ``seconds`` of training per arm, long enough to hold several of the
+    writer's own flushes (every ``flush_seconds``, or sooner when 64 MiB of values wait): the
+    short blocks of :func:`bench_case` flush outside the timed steps, and so never see a
+    flush's store writes compete with training for the GIL. Only the flush at the end of each
+    captured block is left out (its work would otherwise land in the next uncaptured block)."""
+    base_model, cap_model, hook, uri, step = make_case(model_name, config_name, batch=batch, workdir=workdir)
+    writer = hook.recorder.writer if hook is not None else None
+    means: dict[bool, list[float]] = {False: [], True: []}
+    commits = 0
+    i = 0
+    for r in range(rounds):
+        for m in (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model):
+            c0 = writer.commits if writer is not None else 0
+            times: list[float] = []
+            t_end = time.perf_counter() + seconds
+            while time.perf_counter() < t_end:
+                times.append(step(m, i))
+                i += 1
+            means[m is cap_model].append(1e3 * statistics.fmean(times))
+            if m is cap_model and hook is not None and writer is not None:
+                commits += writer.commits - c0
+                hook.flush()
+    close_and_measure(hook, uri)
+    return Sustained(model_name, config_name, seconds, means[False], means[True], commits)
+
+
+def make_case(model_name: str, config_name: str, *, batch: int, workdir: str
+              ) -> tuple[nn.Module, nn.Module, TorchHook | None, str, Callable[[nn.Module, int], float]]:
+    """Two identical models (one hooked with ``config_name``, unless it is the A/A case),
+    warmed up; and ``step(model, i)``, which trains one step and returns its seconds."""
     torch.manual_seed(0)
     make = MODELS[model_name]
     base_model, cap_model = make(), make()
@@ -176,18 +244,7 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
         step(cap_model, i)
     if hook is not None:
         hook.flush()
-    def run_block(m: nn.Module, r: int) -> list[float]:
-        return [step(m, r * block + k) for k in range(block)]
-
-    base, cap, round_ratios, flush_s = alternate(base_model, cap_model, hook, rounds, run_block)
-    size, dropped, steps, tensors = close_and_measure(hook, uri)
-    return Result(
-        model=model_name, config=config_name,
-        base_median_ms=1e3 * statistics.median(base), cap_median_ms=1e3 * statistics.median(cap),
-        base_mean_ms=1e3 * statistics.fmean(base), cap_mean_ms=1e3 * statistics.fmean(cap), round_ratios=round_ratios,
-        flush_ms_per_step=1e3 * flush_s / len(cap), bytes_per_step=size / max(1, steps), steps=steps,
-        tensors=tensors, dropped=dropped,
-    )
+    return base_model, cap_model, hook, uri, step
 
 
 def alternate(base_model: nn.Module, cap_model: nn.Module, hook: TorchHook | None, rounds: int,
@@ -245,6 +302,22 @@ def table(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def sustained_table(results: list[Sustained]) -> str:
+    out = [
+        "| model | capture | rounds x seconds | no capture, mean ms/step | capture, mean ms/step | ratio (median of rounds) "
+        "| rounds' range | writer commits in the timed blocks |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratios = r.ratios
+        out.append(
+            f"| {r.model} | {r.config} | {len(ratios)} x {r.seconds:.0f} s | {statistics.fmean(r.base_mean_ms):.2f} "
+            f"| {statistics.fmean(r.cap_mean_ms):.2f} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x "
+            f"| {r.commits_in_blocks} |"
+        )
+    return "\n".join(out)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB"):
         if n < 1024 or unit == "MB":
@@ -253,7 +326,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} MB"  # pragma: no cover
 
 
-def section(results: list[Result], command: str, rounds: int, block: int) -> str:
+def section(results: list[Result], sustained: list[Sustained], command: str, rounds: int, block: int) -> str:
     date = datetime.date.today().isoformat()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return f"""{SECTION}
@@ -276,6 +349,20 @@ process, so both arms see the same machine load); the ratio is capture / no capt
 - *bytes/step* is the run's size on local disk divided by the committed steps.
 - For context, smdebug 1.0.34 on this kind of machine (NOTES.md): the loss alone every step 1.5-2.7x;
   weights, gradients and ReLU inputs/outputs every 10 steps 1.5-1.75x; every step 7.6-8.7x.
+{sustained_part(sustained)}"""
+
+
+def sustained_part(sustained: list[Sustained]) -> str:
+    if not sustained:
+        return ""
+    return f"""
+Sustained training: the same two models in long alternating blocks (mean step time per block),
+so that each captured block holds the writer's own flushes, which the short blocks above never
+see (they flush outside the timed steps). A flush writes every waiting step to the store through
+zarr, whose Python competes with training for the GIL; only the flush at the end of each
+captured block is left out.
+
+{sustained_table(sustained)}
 """
 
 
@@ -286,14 +373,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--sustained-seconds", type=float, default=12.0,
+                    help="length of each block of the sustained measurement (0: skip it)")
+    ap.add_argument("--sustained-rounds", type=int, default=4)
+    ap.add_argument("--sustained-configs", nargs="*", default=["no hook (A/A)", "defaults"], choices=list(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="2 rounds of 10 steps; print only")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "BENCHMARKS.md"))
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.block = 2, 10
+        args.sustained_seconds, args.sustained_rounds = min(args.sustained_seconds, 1.0), 2
     torch.set_num_threads(1)
     workdir = tempfile.mkdtemp(prefix="trainaudit-bench-capture-")
     results = []
+    sustained: list[Sustained] = []
     try:
         for model in args.models:
             for config in args.configs:
@@ -302,10 +395,18 @@ def main() -> None:
                       f"| median {r.ratio_median:.2f}x mean {r.ratio_mean:.2f}x | flush {r.flush_ms_per_step:.2f} ms/step "
                       f"| {_size(r.bytes_per_step)}/step | dropped {r.dropped}", flush=True)
                 results.append(r)
+        for model in args.models if args.sustained_seconds > 0 else ():
+            for config in [c for c in args.sustained_configs if c in args.configs]:
+                s = sustained_case(model, config, rounds=args.sustained_rounds, seconds=args.sustained_seconds,
+                                   batch=args.batch, workdir=workdir)
+                print(f"{model:>26} | {config:<22} | sustained {statistics.fmean(s.base_mean_ms):7.2f} ms -> "
+                      f"{statistics.fmean(s.cap_mean_ms):7.2f} ms | ratios {' '.join(f'{x:.2f}' for x in s.ratios)} "
+                      f"| commits in blocks {s.commits_in_blocks}", flush=True)
+                sustained.append(s)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    publish(args.out, SECTION, table(results), lambda command: section(results, command, args.rounds, args.block),
-            quick=args.quick)
+    publish(args.out, SECTION, table(results) + "\n\n" + sustained_table(sustained),
+            lambda command: section(results, sustained, command, args.rounds, args.block), quick=args.quick)
 
 
 if __name__ == "__main__":

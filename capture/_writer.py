@@ -338,6 +338,7 @@ class RunWriter:
         self._time_arr: Any = None
         self._steps_cap = 0
         self._last_commit = 0.0
+        self.commits = 0  # commits made (for tests and benchmarks: a flush that wrote, or a heartbeat)
         #: Set when this rank already held committed steps (resumed training): the next
         #: ``(global_step, {mode: mode_step})`` to use, so step numbers continue.
         self.resume_from: tuple[int, dict[str, int]] | None = None
@@ -885,6 +886,7 @@ class RunWriter:
             record["close_reason"] = self._close_reason
         self._rank_group.attrs[F.RANK_ATTR] = record
         self._last_commit = time.monotonic()
+        self.commits += 1
 
     def _poll_stop(self) -> None:
         """Notice a stop request a watcher wrote into the run (``control`` group)."""
