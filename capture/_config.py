@@ -26,14 +26,13 @@ __all__ = ["SaveSchedule", "CaptureConfig", "DEFAULT_VALUE_INTERVAL", "DEFAULT_F
 #: Full values every 50 steps: 20 saved steps per 1,000 are plenty for the activation and
 #: weight rules, and the cost stays small (docs/BENCHMARKS.md).
 DEFAULT_VALUE_INTERVAL = 50
-#: What :meth:`SaveSchedule.unchanged_for` answers for a schedule that no longer changes.
-FOREVER = sys.maxsize
-
 #: The first steps of each mode are saved in full: initialization checks look at step 0.
 DEFAULT_FIRST_STEPS = 2
 #: Gradients are as large as the weights, and every gradient rule reads their statistics, not
 #: their values: a full copy every 500 steps is for people, not for the default catalog.
 DEFAULT_GRADIENT_VALUE_INTERVAL = 500
+#: What :meth:`SaveSchedule.unchanged_for` answers for a schedule that no longer changes.
+FOREVER = sys.maxsize
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -372,7 +372,8 @@ class TorchHook:
         return slot
 
     def _due(self, collection: str) -> tuple[bool, bool]:
-        """``(stats, values)`` due for ``collection`` at the current step (computed once a step)."""
+        """``(stats, values)`` due for ``collection`` at the current step (worked out again
+        only when the schedules say the answer may change)."""
         rec = self.recorder
         if rec.global_step != self._due_global_step or rec.mode != self._due_mode:  # (the hooks call
             step = rec.mode_step  # this ~40 times a step)
@@ -671,24 +672,8 @@ class TorchHook:
             value_due = {"weights": self._due("weights"), "biases": self._due("biases")}
             updates_due = self._due("updates")
             batch = ParameterBatch()
-            if self._add_parameters_in_bulk(batch, step, copies, grads_due, value_due, updates_due):
-                rec.add(PARAMETER_BATCH, "other", batch, values=False)
-                return
-            self._last_grad_ptrs = None  # (the loop below refreshes _last_grad one by one)
-            device_updates: list[_ParamSlots] = []
-            for ps in self._param_slots:
-                grad = ps.param.grad
-                if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
-                    self._add_gradient(batch, ps, grad, grads_due[1])
-                if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
-                    if ps.param.is_cuda:
-                        self._add_device_weight(batch, ps, value_due[ps.value.collection][1])
-                        if ps.update.wanted:
-                            device_updates.append(ps)
-                    else:
-                        self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
-            if device_updates:
-                self._add_device_updates(batch, device_updates, step, updates_due)
+            if not self._add_parameters_in_bulk(batch, step, copies, grads_due, value_due, updates_due):
+                self._add_parameters(batch, step, copies, grads_due, value_due, updates_due)
             if batch.entries:
                 rec.add(PARAMETER_BATCH, "other", batch, values=False)
         except Exception as exc:
@@ -697,6 +682,27 @@ class TorchHook:
             self._device_batch.launch()  # before optimizer.step() changes the weights
         except Exception as exc:
             self._error("device statistics", exc)
+
+    def _add_parameters(self, batch: ParameterBatch, step: int, copies: dict[str, ParameterCopy],
+                        grads_due: tuple[bool, bool], value_due: dict[str, tuple[bool, bool]],
+                        updates_due: tuple[bool, bool]) -> None:
+        """Each parameter's gradient, weights and update, one by one (any step the bulk path
+        does not take: values due, CUDA, gradients zeroed in place, the first steps)."""
+        self._last_grad_ptrs = None  # (the loop refreshes _last_grad one by one)
+        device_updates: list[_ParamSlots] = []
+        for ps in self._param_slots:
+            grad = ps.param.grad
+            if grad is not None and ps.grad.wanted and grads_due is not _NOT_DUE:
+                self._add_gradient(batch, ps, grad, grads_due[1])
+            if ps.value.wanted and value_due[ps.value.collection] is not _NOT_DUE:
+                if ps.param.is_cuda:
+                    self._add_device_weight(batch, ps, value_due[ps.value.collection][1])
+                    if ps.update.wanted:
+                        device_updates.append(ps)
+                else:
+                    self._add_weight(batch, ps, step, copies.get(ps.pname), value_due[ps.value.collection][1], updates_due)
+        if device_updates:
+            self._add_device_updates(batch, device_updates, step, updates_due)
 
     def _add_parameters_in_bulk(self, batch: ParameterBatch, step: int, copies: dict[str, ParameterCopy],
                                 grads_due: tuple[bool, bool], value_due: dict[str, tuple[bool, bool]],
