@@ -289,32 +289,27 @@ def close_and_measure(hook: TorchHook | None, uri: str) -> tuple[int, int, int, 
 
 
 def table(results: list[Result]) -> str:
-    out = [
-        "| model | capture | no capture, median ms/step | capture, median ms/step | ratio (median) "
-        "| rounds' middle half | ratio (mean) | flush ms/step | bytes/step | tensors | dropped steps |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        out.append(
-            f"| {r.model} | {r.config} | {r.base_median_ms:.2f} | {r.cap_median_ms:.2f} | {r.ratio_median:.2f}x "
-            f"| {r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f}x | {r.ratio_mean:.2f}x | {r.flush_ms_per_step:.2f} | {_size(r.bytes_per_step)} | {r.tensors} | {r.dropped} |"
-        )
-    return "\n".join(out)
+    return _markdown(
+        ["model", "capture", "no capture, median ms/step", "capture, median ms/step", "ratio (median)",
+         "rounds' middle half", "ratio (mean)", "flush ms/step", "bytes/step", "tensors", "dropped steps"],
+        [[r.model, r.config, f"{r.base_median_ms:.2f}", f"{r.cap_median_ms:.2f}", f"{r.ratio_median:.2f}x",
+          f"{r.ratio_quartiles[0]:.2f}-{r.ratio_quartiles[1]:.2f}x", f"{r.ratio_mean:.2f}x", f"{r.flush_ms_per_step:.2f}",
+          _size(r.bytes_per_step), str(r.tensors), str(r.dropped)] for r in results])
 
 
 def sustained_table(results: list[Sustained]) -> str:
-    out = [
-        "| model | capture | rounds x seconds | no capture, mean ms/step | capture, mean ms/step | ratio (median of rounds) "
-        "| rounds' range | writer commits in the timed blocks |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        ratios = r.ratios
-        out.append(
-            f"| {r.model} | {r.config} | {len(ratios)} x {r.seconds:.0f} s | {statistics.fmean(r.base_mean_ms):.2f} "
-            f"| {statistics.fmean(r.cap_mean_ms):.2f} | {statistics.median(ratios):.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x "
-            f"| {r.commits_in_blocks} |"
-        )
+    return _markdown(
+        ["model", "capture", "rounds x seconds", "no capture, mean ms/step", "capture, mean ms/step",
+         "ratio (median of rounds)", "rounds' range", "writer commits in the timed blocks"],
+        [[r.model, r.config, f"{len(r.ratios)} x {r.seconds:.0f} s", f"{statistics.fmean(r.base_mean_ms):.2f}",
+          f"{statistics.fmean(r.cap_mean_ms):.2f}", f"{statistics.median(r.ratios):.2f}x",
+          f"{min(r.ratios):.2f}-{max(r.ratios):.2f}x", str(r.commits_in_blocks)] for r in results])
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the first two columns (model, capture) left-aligned, numbers right."""
+    out = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out)
 
 
