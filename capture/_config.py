@@ -152,6 +152,11 @@ class CaptureConfig:
             process killed without warning loses at most this much of its last steps. (Stop
             requests are looked for every 2 s, whatever this is.)
         retries: attempts per write before the steps are recorded as lost.
+        store_process: do the store writes in a process of their own (local and ``s3://``
+            runs; ``memory://`` is always written in-process). A flush is ~150 zarr operations
+            of Python for a model of a few dozen tensors, which in the training process hold
+            the GIL training needs; in a store process they run beside it. False keeps them in
+            the training process (one process fewer, training slower during flushes).
     """
 
     collections: tuple[str, ...] = COLLECTIONS
@@ -164,6 +169,7 @@ class CaptureConfig:
     flush_steps: int = 1000
     flush_seconds: float = 5.0
     retries: int = 3
+    store_process: bool = True
 
     def __post_init__(self) -> None:
         for c in self.collections:
@@ -235,4 +241,5 @@ class CaptureConfig:
             "flush_steps": self.flush_steps,
             "flush_seconds": self.flush_seconds,
             "retries": self.retries,
+            "store_process": self.store_process,
         }

@@ -6,11 +6,14 @@ payloads (computes statistics, copies values to host), writes chunks, and then c
 rank's commit record (``_format.RANK_ATTR``) is rewritten last, so readers only see steps whose
 data is complete. A write that keeps failing after ``retries`` attempts with backoff is given
 up: its steps are recorded as lost in the commit record, and capture goes on.
+
+The zarr side (opening, writing a batch, rewriting the commit record) is a
+:class:`._run_store.RunStore`, which for local and ``s3://`` runs lives in a store process of
+its own (:mod:`._store_process`), so a flush's zarr Python does not hold this process's GIL.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import gc
@@ -33,6 +36,8 @@ import numpy as np
 from . import _format as F
 from ._compat import HAS_FAST_STATS, fast_stats_many, lower_thread_priority, yield_gil
 from ._config import CaptureConfig
+from ._run_store import ResolvedStep, RunStore
+from ._store_process import StoreProcess, StoreProcessGone
 
 __all__ = ["Payload", "NumpyPayload", "StepItem", "StepRecord", "RunWriter"]
 
@@ -171,56 +176,6 @@ class ResolvedRows(NamedTuple):
     errors: list[tuple[str, str]]
 
 
-class ResolvedStep(NamedTuple):
-    """A step's numbers, waiting for the next flush: the names of its tensors, their statistics
-    (one row each) and the full values that were due, by name.
-
-    Compact on purpose: a thousand pending steps of a few dozen tensors each, kept as one item
-    object per tensor, made CPython's cyclic garbage collector run full collections (hundreds
-    of milliseconds with torch loaded, holding the GIL) every few hundred steps. Names are
-    strings and the statistics one float64 array, which the collector does not track.
-    """
-
-    names: list[str]
-    stats: np.ndarray
-    values: list[tuple[str, np.ndarray]]
-
-    @property
-    def value_bytes(self) -> int:
-        return sum(v.nbytes for _, v in self.values)
-
-
-@dataclass
-class _Tensor:
-    """The writer's view of one tensor's arrays (mirrors its entry in the commit record)."""
-
-    index: int
-    name: str
-    collection: str
-    meta: dict[str, Any]
-    n_stats: int = 0
-    n_values: int = 0
-    shape: list[int] | None = None
-    dtype: str | None = None
-    group: Any = None
-    values: Any = None
-    values_index: Any = None
-    values_cap: int = 0
-
-    def entry(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "key": F.tensor_key(self.index),
-            "name": self.name,
-            "collection": self.collection,
-            "meta": self.meta,
-            "shape": self.shape,
-            "dtype": self.dtype,
-            "n_stats": self.n_stats,
-            "n_values": self.n_values,
-        }
-
-
 _OPEN_WRITERS: weakref.WeakSet[RunWriter] = weakref.WeakSet()
 
 
@@ -322,21 +277,16 @@ class RunWriter:
         self.n_errors = 0
         self.lost_steps: list[list[int]] = []
         self.dropped_steps: list[list[int]] = []
-        self.committed_steps = 0
-        self.committed_stats = 0
-        self._stats_arr: Any = None
-        self._stats_index: Any = None
-        self._stats_cap = 0
         self._drop_lock = threading.Lock()
         self._started = datetime.now(UTC).isoformat()
-        self._tensors: dict[str, _Tensor] = {}
         #: The collection and metadata of every tensor name resolved so far (its first step's).
         self._seen: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
-        self._root: Any = None
-        self._rank_group: Any = None
-        self._steps_arr: Any = None
-        self._time_arr: Any = None
-        self._steps_cap = 0
+        #: Names whose kind the store was told.
+        self._told: dict[str, tuple[str, Mapping[str, Any] | None]] = {}
+        #: The store side: a StoreProcess, or a RunStore in this process (see _make_store).
+        self._store: RunStore | StoreProcess | None = None
+        self._opened = False
+        self._noted_store_exit = False
         self._last_commit = 0.0
         self.commits = 0  # commits made (for tests and benchmarks: a flush that wrote, or a heartbeat)
         #: Set when this rank already held committed steps (resumed training): the next
@@ -480,96 +430,65 @@ class RunWriter:
             for ev in markers:
                 ev.set()
             if closing:
+                if self._store is not None:
+                    self._store.close()
                 return
 
     def _open_store(self) -> None:
-        root = F.open_root(self.uri, mode="a", storage_options=self.storage_options)
-        attrs = root.attrs.asdict()
-        existing = attrs.get(F.ROOT_ATTR)
-        if existing is not None and existing.get("format_version") not in F.SUPPORTED_VERSIONS:
-            raise RuntimeError(f"the run holds format_version={existing.get('format_version')!r}")
-        if existing is None or self.rank == 0:
-            root.attrs[F.ROOT_ATTR] = {
+        """Start the store (a store process, unless the run is ``memory://`` or the config
+        says no), open the run, resume this rank's committed data if it has any, commit."""
+        if self._store is None:
+            self._store = self._make_store()
+        if not self._opened:  # (a retry after a failed first commit does not open twice)
+            opened = self._store.open({
                 "format_version": F.FORMAT_VERSION,
                 "run_id": self.run_id,
                 "framework": self.framework,
-                "created": (existing or {}).get("created", self._started),
+                "created": self._started,
                 "world_size": self.world_size,
                 "config": self.config.to_dict(),
                 **self._extra_attrs,
-            }
-        self._root = root
-        g = root.require_group(F.rank_key(self.rank))
-        self._rank_group = g
-        prev = g.attrs.asdict().get(F.RANK_ATTR)
-        if prev:  # resumed training: continue the committed data of this rank
-            self._resume(prev)
-        else:
-            self._steps_cap = 1024
-            steps_arr = g.create_array(
-                "steps", shape=(self._steps_cap, 3), chunks=(F.ROW_CHUNK // 4, 3), dtype="int64",
-                fill_value=-1, overwrite=True,
-            )
-            time_arr = g.create_array(
-                "step_time", shape=(self._steps_cap,), chunks=(F.ROW_CHUNK // 4,), dtype="float64",
-                fill_value=np.nan, overwrite=True,
-            )
-            stats_arr = g.create_array(
-                "stats", shape=(F.STATS_CHUNK_ROWS, F.N_STATS), chunks=(F.STATS_CHUNK_ROWS, F.N_STATS),
-                dtype="float64", fill_value=np.nan, overwrite=True,
-            )
-            index_arr = g.create_array(
-                "stats_index", shape=(F.STATS_CHUNK_ROWS, 2), chunks=(F.STATS_CHUNK_ROWS, 2),
-                dtype="int64", fill_value=-1, overwrite=True,
-            )
-            self._steps_arr, self._time_arr = steps_arr._async_array, time_arr._async_array
-            self._stats_arr, self._stats_index = stats_arr._async_array, index_arr._async_array
-            self._stats_cap = F.STATS_CHUNK_ROWS
+            })
+            if opened.previous is not None:  # resumed training: its errors and losses go on
+                prev = opened.previous
+                self.errors = list(prev["errors"]) + self.errors
+                self.n_errors += int(prev["n_errors"])
+                self.lost_steps = [list(r) for r in prev["lost_steps"]] + self.lost_steps
+                with self._drop_lock:
+                    self.dropped_steps = [list(r) for r in prev["dropped_steps"]] + self.dropped_steps
+                self.resume_from = opened.resume_from
+            self._opened = True
         self._commit(status="running")
 
-    def _resume(self, prev: Mapping[str, Any]) -> None:
-        g = self._rank_group
-        self._steps_arr = g["steps"]._async_array
-        self._time_arr = g["step_time"]._async_array
-        self._stats_arr = g["stats"]._async_array
-        self._stats_index = g["stats_index"]._async_array
-        self._steps_cap = int(self._steps_arr.shape[0])
-        self._stats_cap = int(self._stats_arr.shape[0])
-        self.committed_steps = int(prev.get("committed_steps", 0))
-        self.committed_stats = int(prev.get("committed_stats", 0))
-        self.errors = list(prev.get("errors", []))
-        self.n_errors = int(prev.get("n_errors", len(self.errors)))
-        self.lost_steps = [list(r) for r in prev.get("lost_steps", [])]
-        self.dropped_steps = [list(r) for r in prev.get("dropped_steps", [])]
-        for i, e in enumerate(prev.get("tensors", [])):
-            i = int(e.get("index", i))
-            t = _Tensor(index=i, name=e["name"], collection=e["collection"], meta=dict(e.get("meta") or {}),
-                        n_stats=int(e["n_stats"]), n_values=int(e["n_values"]), shape=e.get("shape"), dtype=e.get("dtype"))
-            if t.n_values:
-                tg = g[F.tensor_key(i)]
-                t.group = tg._async_group
-                t.values, t.values_index = tg["values"]._async_array, tg["values_index"]._async_array
-                t.values_cap = int(t.values.shape[0])
-            self._tensors[t.name] = t
-        self.resume_from = self._next_steps(g, self.committed_steps)
+    def _make_store(self) -> RunStore | StoreProcess:
+        if self.config.store_process and not self.uri.startswith("memory://"):
+            try:
+                return StoreProcess(self.uri, rank=self.rank, storage_options=self.storage_options)
+            except StoreProcessGone as exc:
+                log.warning("trainaudit: %s; writing %s from the training process", exc, self.uri)
+        return RunStore(self.uri, rank=self.rank, storage_options=self.storage_options)
 
-    def _next_steps(self, g: Any, n: int) -> tuple[int, dict[str, int]] | None:
-        """Where step numbering continues after ``n`` committed steps (and any lost ones)."""
-        last = max([r[1] for r in self.lost_steps + self.dropped_steps], default=-1)
-        modes: dict[str, int] = {}
-        if n:
-            rows = np.asarray(g["steps"][:n])
-            last = max(last, int(rows[:, 0].max()))
-            for code in np.unique(rows[:, 1]).tolist():
-                modes[F.mode_name(code)] = int(rows[rows[:, 1] == code, 2].max()) + 1
-        return (last + 1, modes) if last >= 0 else None
+    @property
+    def committed_steps(self) -> int:
+        """Steps written and published by the last commit (or about to be, mid-flush)."""
+        return self._store.committed_steps if self._store is not None else 0
+
+    @property
+    def committed_stats(self) -> int:
+        return self._store.committed_stats if self._store is not None else 0
+
+    @property
+    def store_pid(self) -> int | None:
+        """The store process's pid (None when the store is in this process)."""
+        store = self._store
+        return store.pid if isinstance(store, StoreProcess) and store.fallback is None else None
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the writer thread has opened (or failed to open) the run."""
         return self._ready.wait(timeout)
 
     def _flush(self, pending: list[StepRecord], *, final: bool) -> None:
-        if self._rank_group is None:
+        if not self._opened:
             # The run never opened: try again, else everything pending is lost.
             try:
                 self._with_retries(self._open_store, what="open the run")
@@ -713,196 +632,65 @@ class RunWriter:
             payload.set_stats(stats)
 
     def _write_batch(self, pending: list[StepRecord], batch: list[ResolvedStep]) -> None:
-        """Write one batch of steps.
-
-        The statistics of every tensor go into the rank's one statistics log (two writes per
-        batch, whatever the model's size); values go to their tensor's array. Every store
-        operation of a phase runs concurrently on zarr's event loop: zarr costs milliseconds
-        per operation locally and tens of milliseconds on S3.
-        """
-        n0, m0 = self.committed_steps, self.committed_stats
-        k = len(pending)
-        if k == 0:
+        """Write one batch of steps through the store (:meth:`RunStore.write_batch`)."""
+        assert self._store is not None
+        if not pending:
             return
-        self._sync_capacities()
-        stat_blocks: list[np.ndarray] = []
-        index_blocks: list[np.ndarray] = []
-        per_tensor_values: dict[str, tuple[list[int], list[np.ndarray]]] = {}
-        counted: dict[str, int] = {}
-        # Consecutive steps mostly hold the same tensors: their indices are looked up once per
-        # run of equal name lists, not once per tensor and step (a flush of a thousand steps of
-        # forty tensors would otherwise spend tens of milliseconds here, holding the GIL).
-        runs: list[tuple[list[str], int]] = []  # (names, steps in a row holding them)
-        indices_of_run = np.empty(0, dtype=np.int64)
-        for i, resolved in enumerate(batch):
-            stat_blocks.append(resolved.stats)
-            names = resolved.names
-            if runs and names == runs[-1][0]:
-                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-            else:
-                runs.append((names, 1))
-                indices_of_run = np.array([self._tensor(name).index for name in names], dtype=np.int64)
-            block = np.empty((len(names), 2), dtype=np.int64)
-            block[:, 0] = indices_of_run
-            block[:, 1] = n0 + i
-            index_blocks.append(block)
-            for name, values in resolved.values:
-                acc = per_tensor_values.setdefault(name, ([], []))
-                acc[0].append(n0 + i)
-                acc[1].append(values)
-        values_in = {name: self._valid_values(self._tensors[name], *acc) for name, acc in per_tensor_values.items()}
-        values_in = {name: v for name, v in values_in.items() if v[0]}
-        for names, steps in runs:
-            for name in names:
-                counted[name] = counted.get(name, 0) + steps
-        stat_index = np.concatenate(index_blocks) if index_blocks else np.empty((0, 2), dtype=np.int64)
-        m = len(stat_index)
-        # Phase 1: create the value arrays of tensors whose values appear for the first time.
-        _gather([self._create_values(self._tensors[name], vals) for name, (_, vals) in values_in.items()
-                 if self._tensors[name].values is None])
-        # Phase 2: grow what is too small.
-        resizes = self._log_resizes(n0 + k, m0 + m)
-        for name, (vrows, vals) in values_in.items():
-            t = self._tensors[name]
-            resizes += self._values_resizes(t, t.n_values + len(vrows), vals)
-        _gather(resizes)
-        # Phase 3: write every slice.
-        writes = [
-            self._steps_arr.setitem(slice(n0, n0 + k), np.array([[r.global_step, F.mode_code(r.mode), r.mode_step] for r in pending], dtype=np.int64)),
-            self._time_arr.setitem(slice(n0, n0 + k), np.array([r.time for r in pending], dtype=np.float64)),
-        ]
-        if m:
-            writes.append(self._stats_arr.setitem(slice(m0, m0 + m), np.concatenate(stat_blocks)))
-            writes.append(self._stats_index.setitem(slice(m0, m0 + m), stat_index))
-        for name, (vrows, vals) in values_in.items():
-            writes += self._value_writes(self._tensors[name], vrows, vals)
-        _gather(writes)
-        # Only now, with every chunk written, advance the counts the commit will publish.
-        for name, c in counted.items():
-            self._tensors[name].n_stats += c
-        for name, (vrows, _) in values_in.items():
-            self._tensors[name].n_values += len(vrows)
-        self.committed_steps = n0 + k
-        self.committed_stats = m0 + m
-
-    def _sync_capacities(self) -> None:
-        """Take capacities and shapes from the arrays' metadata (no I/O). A resize that failed
-        (store outage) left the arrays as they were; bookkeeping ahead of them would make the
-        next write land out of bounds."""
-        self._steps_cap = int(self._steps_arr.shape[0])
-        self._stats_cap = int(self._stats_arr.shape[0])
-        for t in self._tensors.values():
-            if t.values is not None:
-                t.values_cap = int(t.values.shape[0])
-                t.shape = [int(d) for d in t.values.shape[1:]]
-
-    def _tensor(self, name: str) -> _Tensor:
-        t = self._tensors.get(name)
-        if t is None:
-            collection, meta = self._seen[name]
-            index = max((x.index for x in self._tensors.values()), default=-1) + 1
-            t = _Tensor(index=index, name=name, collection=collection, meta=dict(meta or {}))
-            self._tensors[name] = t
-        return t
-
-    def _valid_values(self, t: _Tensor, rows: list[int], values: list[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
-        """Drop (and record) values whose rank differs from the tensor's stored rank."""
-        ndim = len(t.shape) if t.shape is not None else values[0].ndim
-        keep = [(r, v) for r, v in zip(rows, values, strict=True) if v.ndim == ndim]
-        if len(keep) < len(rows):
-            self._record_error("tensor", f"{t.name!r}: values of a rank other than {ndim} are not stored "
-                               f"({len(rows) - len(keep)} steps)", tensor=t.name)
-        return [r for r, _ in keep], [v for _, v in keep]
-
-    async def _create_values(self, t: _Tensor, values: list[np.ndarray]) -> None:
-        first = values[0]
-        dtype = F.storage_dtype(first.dtype)
-        shape = [max(v.shape[d] for v in values) for d in range(first.ndim)]
-        chunk, shard = F.values_layout(tuple(shape), dtype.itemsize)
-        t.values_cap = -(-max(shard, len(values)) // shard) * shard
-        fill = np.nan if dtype.kind == "f" else 0
-        g = await self._rank_group._async_group.require_group(F.tensor_key(t.index))
-        t.values, t.values_index = await asyncio.gather(
-            g.create_array("values", shape=(t.values_cap, *shape), chunks=(chunk, *shape),
-                           shards=(shard, *shape) if shard > chunk else None,
-                           dtype=dtype, fill_value=fill, overwrite=True, compressors=F.values_compressors(t.collection),
-                           config=_WRITE_CONFIG),
-            g.create_array("values_index", shape=(t.values_cap, 1 + len(shape)), chunks=(F.ROW_CHUNK, 1 + len(shape)),
-                           dtype="int64", fill_value=-1, overwrite=True),
-        )
-        t.group, t.shape, t.dtype = g, shape, str(dtype)
-
-    def _log_resizes(self, n_steps: int, n_stats: int) -> list[Any]:
-        out = []
-        if n_steps > self._steps_cap:
-            self._steps_cap = max(n_steps, 2 * self._steps_cap)
-            out += [self._steps_arr.resize((self._steps_cap, 3)), self._time_arr.resize((self._steps_cap,))]
-        if n_stats > self._stats_cap:
-            self._stats_cap = max(n_stats, 2 * self._stats_cap)
-            out += [self._stats_arr.resize((self._stats_cap, F.N_STATS)), self._stats_index.resize((self._stats_cap, 2))]
-        return out
-
-    def _values_resizes(self, t: _Tensor, n_values: int, values: list[np.ndarray]) -> list[Any]:
-        assert t.shape is not None
-        bigger = [max([t.shape[d]] + [v.shape[d] for v in values]) for d in range(len(t.shape))]
-        if n_values <= t.values_cap and bigger == t.shape:
-            return []
-        cap = max(n_values, 2 * t.values_cap) if n_values > t.values_cap else t.values_cap
-        t.values_cap, t.shape = cap, bigger
-        return [t.values.resize((cap, *bigger)), t.values_index.resize((cap, 1 + len(bigger)))]
-
-    def _value_writes(self, t: _Tensor, rows: list[int], values: list[np.ndarray]) -> list[Any]:
-        assert t.shape is not None and t.dtype is not None
-        dtype = np.dtype(t.dtype)
-        if all(tuple(v.shape) == tuple(t.shape) for v in values):
-            block = np.stack([np.asarray(v, dtype=dtype) for v in values])
-        else:  # pad to the largest shape seen; values_index keeps each row's real shape
-            block = np.full((len(values), *t.shape), np.nan if dtype.kind == "f" else 0, dtype=dtype)
-            for i, v in enumerate(values):
-                block[(i, *[slice(0, s) for s in v.shape])] = v  # type: ignore[index]
-        index = np.array([[r, *v.shape] for r, v in zip(rows, values, strict=True)], dtype=np.int64)
-        lo, hi = t.n_values, t.n_values + len(rows)
-        return [t.values.setitem(slice(lo, hi), block), t.values_index.setitem(slice(lo, hi), index)]
+        steps = np.array([[r.global_step, F.mode_code(r.mode), r.mode_step] for r in pending], dtype=np.int64)
+        times = np.array([r.time for r in pending], dtype=np.float64)
+        # The collection and metadata of names the store has not been told about yet.
+        # (Consecutive steps mostly hold the same names: each run of equal lists is looked at once.)
+        kinds = {}
+        told = self._told
+        last: list[str] | None = None
+        for resolved in batch:
+            if resolved.names != last:
+                last = resolved.names
+                for name in last:
+                    if name not in told:
+                        kinds[name] = self._seen[name]
+        problems = self._store.write_batch(steps, times, batch, kinds)
+        told.update(kinds)
+        for kind, message, tensor in problems:
+            self._record_error(kind, message, tensor=tensor)
 
     def _commit(self, *, status: str) -> None:
+        assert self._store is not None
         with self._drop_lock:
             dropped = [list(r) for r in self.dropped_steps]
-        record = {
-            "rank": self.rank,
-            "status": status,
+        part: dict[str, Any] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": self._started,
             "heartbeat": time.time(),
-            "committed_steps": self.committed_steps,
-            "committed_stats": self.committed_stats,
-            "tensors": [t.entry() for t in sorted(self._tensors.values(), key=lambda t: t.index) if t.n_stats or t.n_values],
             "n_errors": self.n_errors,
             "errors": self.errors[-MAX_ERRORS_KEPT:],
             "lost_steps": self.lost_steps,
             "dropped_steps": dropped,
         }
         if status == "complete" and getattr(self, "_close_reason", None):
-            record["close_reason"] = self._close_reason
-        self._rank_group.attrs[F.RANK_ATTR] = record
+            part["close_reason"] = self._close_reason
+        note = getattr(self._store, "exit_note", None)
+        if note is not None and not self._noted_store_exit:
+            self._noted_store_exit = True
+            self._record_error("store", f"the store process ended ({note}); the training process writes the run "
+                               "from then on (steps written after its last commit were written again)")
+            part["n_errors"], part["errors"] = self.n_errors, self.errors[-MAX_ERRORS_KEPT:]
+        self._store.commit(status, part)
         self._last_commit = time.monotonic()
         self.commits += 1
 
     def _poll_stop(self) -> None:
         """Notice a stop request a watcher wrote into the run (``control`` group)."""
-        if self._root is None or self.stop_requested:
+        if not self._opened or self.stop_requested or self._store is None:
             return
         try:
-            import zarr
-
             with cyclic_gc_paused():
-                ctrl = zarr.open_group(store=self._root.store, path=F.CONTROL_GROUP, mode="r", zarr_format=3)
-                control: Any = ctrl.attrs.asdict().get(F.CONTROL_ATTR) or {}
-            stop = control.get("stop")
+                reason = self._store.poll_stop()
         except Exception:
-            return  # no control group yet
-        if stop:
-            self.stop_reason = str(stop.get("reason", "stop requested"))
+            return  # the store is unreachable now: the next poll tries again
+        if reason is not None:
+            self.stop_reason = reason
             self.stop_requested = True
 
     def _with_retries(self, fn: Any, *, what: str) -> Any:
@@ -939,29 +727,6 @@ class _Marker:
 
 
 _TIMEOUT = object()
-
-#: Every chunk the writer writes holds captured rows: skip zarr's check for all-fill chunks (a
-#: pass over every chunk written).
-_WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def _gather(coros: list[Any]) -> list[Any]:
-    """Run coroutines concurrently on zarr's event loop (and wait for all of them)."""
-    if not coros:
-        return []
-    from zarr.core.sync import sync
-
-    async def run() -> list[Any]:
-        # Wait for every operation, failed or not, before raising: a write still in flight
-        # after a failed attempt could land after the retry and overwrite newer rows.
-        results = await asyncio.gather(*coros, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)
-
-    return sync(run())
-
 
 def _add_to_ranges(ranges: list[list[int]], step: int) -> None:
     """Add ``step`` to sorted inclusive ``[first, last]`` ranges (steps arrive in order)."""
