@@ -88,9 +88,9 @@ class StoreProcess:
         self.fallback: RunStore | None = None
         self.exit_note: str | None = None
         self._root_record: Mapping[str, Any] | None = None
-        #: The last batch written but not yet committed: if the process dies before the
-        #: commit, the in-process store writes it again (its counts start from the last commit).
-        self._unpublished: tuple[Any, ...] | None = None
+        #: The batches written since the last commit: if the process dies before the next
+        #: commit, the in-process store writes them again (its counts start from that commit).
+        self._unpublished: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
         to_child_r, self._to_child_w = os.pipe()
         self._from_child_r, from_child_w = os.pipe()
@@ -156,9 +156,9 @@ class StoreProcess:
             raise RuntimeError(reply[1])
         _, result, (self.committed_steps, self.committed_stats) = reply
         if method == "write_batch":
-            self._unpublished = args
+            self._unpublished.append(args)
         elif method == "commit":
-            self._unpublished = None
+            self._unpublished = []
         return result
 
     def _gone(self, exc: BaseException) -> None:
@@ -177,9 +177,10 @@ class StoreProcess:
         assert local is not None
         if not local.opened and method != "open" and self._root_record is not None:
             local.open(self._root_record)
-        if self._unpublished is not None and local.opened:
-            local.write_batch(*self._unpublished)
-            self._unpublished = None
+        if self._unpublished and local.opened:
+            for batch in self._unpublished:
+                local.write_batch(*batch)
+            self._unpublished = []
         result = getattr(local, method)(*args)
         self.committed_steps, self.committed_stats = local.committed_steps, local.committed_stats
         return result

@@ -144,7 +144,8 @@ def test_a_batch_written_but_not_committed_when_the_process_dies_is_written_agai
 
     store.write_batch(*batch(0, 3), kinds)
     store.commit("running", part)
-    store.write_batch(*batch(3, 2), {})
+    store.write_batch(*batch(3, 1), {})  # (a commit that failed here: two batches wait)
+    store.write_batch(*batch(4, 1), {})
     os.kill(store.pid, signal.SIGKILL)
     assert _wait_gone(store.pid, 10)
     with pytest.raises(StoreProcessGone):
