@@ -17,9 +17,11 @@ its work does not leak into the next uncaptured block; the flush wait is reporte
 (``flush ms/step``: writer work the training thread did not wait for).
 
 Those short blocks never hold one of the writer's own flushes (every ``flush_seconds``, or
-sooner when 64 MiB of values wait), whose store writes compete with training for the GIL. A
-second, *sustained* measurement alternates blocks of ``--sustained-seconds`` (default 12 s)
-for the A/A case and the defaults, and compares mean step times: what a long training pays.
+sooner when 64 MiB of values wait): the benchmark flushes between blocks. A second,
+*sustained* measurement (the A/A case and the defaults) lets the writer flush on its own, as in
+a long training: the same short alternating blocks, but a captured block that ends while its
+writer flushes goes on until the flush is over, so every flush's cost lands in captured steps.
+It compares mean step times over all blocks (:func:`sustained_case`).
 
 Usage::
 
@@ -32,15 +34,18 @@ The table goes into ``docs/BENCHMARKS.md`` under ``## Capture`` (other sections 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -49,6 +54,7 @@ from _sections import publish  # noqa: E402  (bench/ is on sys.path: run as a sc
 from torch import nn  # noqa: E402
 
 from trainaudit.capture import CaptureConfig, SaveSchedule, TorchHook, open_run  # noqa: E402
+from trainaudit.capture._writer import RunWriter  # noqa: E402
 
 SECTION = "## Capture"
 
@@ -156,18 +162,78 @@ class Result:
 
 @dataclass
 class Sustained:
-    """Long blocks of training that include the writer's periodic flushes."""
+    """Short alternating blocks in which the writer flushes on its own (:func:`sustained_case`)."""
 
     model: str
     config: str
-    seconds: float
-    base_mean_ms: list[float]  # per round
-    cap_mean_ms: list[float]
-    commits_in_blocks: int  # the writer's own flushes (and heartbeats) during the timed blocks
+    flush_steps: int  # the captured arm's writer flushes every this many steps
+    base_seconds: float  # total over the blocks
+    base_steps: int
+    cap_seconds: float
+    cap_steps: int
+    round_ratios: list[float]  # each round's (capture mean step / no-capture mean step)
+    flushes: int
+    flush_seconds: float  # the flushes' wall time, all together
+    dropped: int
 
     @property
-    def ratios(self) -> list[float]:
-        return [c / b for b, c in zip(self.base_mean_ms, self.cap_mean_ms, strict=True)]
+    def ratio(self) -> float:
+        """Mean step with capture over mean step without, all blocks."""
+        return (self.cap_seconds / self.cap_steps) / (self.base_seconds / self.base_steps)
+
+
+class WriterWatch:
+    """What a hook's writer is busy with: steps being resolved, a flush under way (wrapping
+    the writer's own methods; for benchmarks only)."""
+
+    def __init__(self, writer: RunWriter) -> None:
+        self.writer = writer
+        self.resolving = 0
+        self.flushing = threading.Event()
+        self.flushes = 0
+        self.flush_seconds = 0.0
+        resolve, flush = writer._resolve, writer._flush
+
+        def watched_resolve(rec: Any) -> Any:
+            self.resolving += 1
+            try:
+                return resolve(rec)
+            finally:
+                self.resolving -= 1
+
+        def watched_flush(pending: Any, final: bool) -> None:
+            self.flushing.set()
+            t0 = time.perf_counter()
+            try:
+                flush(pending, final)
+            finally:
+                self.flushes += 1
+                self.flush_seconds += time.perf_counter() - t0
+                self.flushing.clear()
+
+        writer._resolve = watched_resolve  # type: ignore[method-assign]
+        writer._flush = watched_flush  # type: ignore[method-assign]
+
+    def idle(self) -> bool:
+        return self.writer._queue.empty() and not self.resolving and not self.flushing.is_set()
+
+
+def timed_steps(step: Callable[[nn.Module, int], float], m: nn.Module, i: int, n: int,
+                watch: WriterWatch | None) -> tuple[float, int]:
+    """Train ``n`` steps of ``m`` from step ``i`` (more while ``watch``'s writer flushes, and
+    while it resolves the steps handed to it, training through a flush that starts then).
+    Returns (seconds of the steps, steps)."""
+    seconds, k = 0.0, 0
+    while k < n or (watch is not None and watch.flushing.is_set()):
+        seconds += step(m, i + k)
+        k += 1
+    while watch is not None and not watch.idle():  # not timed, unless a flush starts
+        if watch.flushing.is_set():
+            seconds += step(m, i + k)
+            k += 1
+        else:
+            time.sleep(0.001)
+    return seconds, k
 
 
 def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, batch: int, workdir: str) -> Result:
@@ -187,37 +253,66 @@ def bench_case(model_name: str, config_name: str, *, rounds: int, block: int, ba
     )
 
 
-def sustained_case(model_name: str, config_name: str, *, rounds: int, seconds: float, batch: int, workdir: str) -> Sustained:
-    """Alternate blocks of ``seconds`` of training per arm, long enough to hold several of the
-    writer's own flushes (every ``flush_seconds``, or sooner when 64 MiB of values wait): the
-    short blocks of :func:`bench_case` flush outside the timed steps, and so never see a
-    flush's store writes compete with training for the GIL. Only the flush at the end of each
-    captured block is left out (its work would otherwise land in the next uncaptured block)."""
-    base_model, cap_model, hook, uri, step = make_case(model_name, config_name, batch=batch, workdir=workdir)
-    writer = hook.recorder.writer if hook is not None else None
-    means: dict[bool, list[float]] = {False: [], True: []}
-    commits = 0
+def sustained_case(model_name: str, config_name: str, *, rounds: int, block: int, batch: int, workdir: str) -> Sustained:
+    """Alternate blocks of ``block`` steps as :func:`bench_case` does, but with the writer
+    flushing on its own, inside the captured blocks: a block that ends while its writer
+    flushes goes on until the flush is over (and one whose writer starts a flush while it
+    finishes the block's steps trains through it), so each flush's cost lands in its own arm's
+    steps. Between blocks the benchmark waits, untimed, for the writer to resolve the steps
+    it was handed (as :func:`bench_case`'s flush does).
+
+    In a run the writer flushes every ``flush_seconds`` (5 s) of training; here the captured
+    arm trains only part of the wall time, so its writer flushes instead every as many steps
+    as the uncaptured model trains in 5 s (``flush_steps``; ``flush_seconds`` made too long
+    to fall due). The short blocks keep the two arms' comparison close in time: this machine's
+    speed drifts by 10-50% between one 10 s stretch and the next."""
+    make = MODELS[model_name]
+    probe_model = make()
+    probe_opt = torch.optim.SGD(probe_model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+
+    def probe_step() -> float:
+        t0 = time.perf_counter()
+        probe_opt.zero_grad()
+        nn.functional.cross_entropy(probe_model(x), y).backward()
+        probe_opt.step()
+        return time.perf_counter() - t0
+
+    for _ in range(20):
+        probe_step()
+    flush_steps = max(1, round(CaptureConfig().flush_seconds / statistics.median(probe_step() for _ in range(50))))
+    base_model, cap_model, hook, uri, step = make_case(
+        model_name, config_name, batch=batch, workdir=workdir,
+        adjust=lambda c: dataclasses.replace(c, flush_seconds=1e6, flush_steps=flush_steps))
+    watch = WriterWatch(hook.recorder.writer) if hook is not None else None
+    totals = {False: [0.0, 0], True: [0.0, 0]}
+    round_ratios = []
     i = 0
     for r in range(rounds):
+        means = {}
         for m in (base_model, cap_model) if r % 2 == 0 else (cap_model, base_model):
-            c0 = writer.commits if writer is not None else 0
-            times: list[float] = []
-            t_end = time.perf_counter() + seconds
-            while time.perf_counter() < t_end:
-                times.append(step(m, i))
-                i += 1
-            means[m is cap_model].append(1e3 * statistics.fmean(times))
-            if m is cap_model and hook is not None and writer is not None:
-                commits += writer.commits - c0
-                hook.flush()
-    close_and_measure(hook, uri)
-    return Sustained(model_name, config_name, seconds, means[False], means[True], commits)
+            captured = m is cap_model
+            seconds, n = timed_steps(step, m, i, block, watch if captured else None)
+            i += n
+            totals[captured][0] += seconds
+            totals[captured][1] += n
+            means[captured] = seconds / n
+        round_ratios.append(means[True] / means[False])
+    _, dropped, _, _ = close_and_measure(hook, uri)
+    return Sustained(
+        model=model_name, config=config_name, flush_steps=flush_steps,
+        base_seconds=totals[False][0], base_steps=int(totals[False][1]),
+        cap_seconds=totals[True][0], cap_steps=int(totals[True][1]), round_ratios=round_ratios,
+        flushes=watch.flushes if watch is not None else 0,
+        flush_seconds=watch.flush_seconds if watch is not None else 0.0, dropped=dropped)
 
 
-def make_case(model_name: str, config_name: str, *, batch: int, workdir: str
+def make_case(model_name: str, config_name: str, *, batch: int, workdir: str,
+              adjust: Callable[[CaptureConfig], CaptureConfig] | None = None,
               ) -> tuple[nn.Module, nn.Module, TorchHook | None, str, Callable[[nn.Module, int], float]]:
-    """Two identical models (one hooked with ``config_name``, unless it is the A/A case),
-    warmed up; and ``step(model, i)``, which trains one step and returns its seconds."""
+    """Two identical models (one hooked with ``config_name``, changed by ``adjust``, unless
+    it is the A/A case), warmed up; and ``step(model, i)``, which trains one step and returns
+    its seconds."""
     torch.manual_seed(0)
     make = MODELS[model_name]
     base_model, cap_model = make(), make()
@@ -228,6 +323,8 @@ def make_case(model_name: str, config_name: str, *, batch: int, workdir: str
     ys = [torch.randint(0, 10, (batch,)) for _ in range(16)]
     uri = os.path.join(workdir, f"{model_name}-{config_name}".replace(" ", "_"))
     config = CONFIGS[config_name]()
+    if config is not None and adjust is not None:
+        config = adjust(config)
     hook = TorchHook(uri, config=config).register(cap_model, opts[cap_model], losses[cap_model]) if config else None
 
     def step(m: nn.Module, i: int) -> float:
@@ -299,11 +396,20 @@ def table(results: list[Result]) -> str:
 
 def sustained_table(results: list[Sustained]) -> str:
     return _markdown(
-        ["model", "capture", "rounds x seconds", "no capture, mean ms/step", "capture, mean ms/step",
-         "ratio (median of rounds)", "rounds' range", "writer commits in the timed blocks"],
-        [[r.model, r.config, f"{len(r.ratios)} x {r.seconds:.0f} s", f"{statistics.fmean(r.base_mean_ms):.2f}",
-          f"{statistics.fmean(r.cap_mean_ms):.2f}", f"{statistics.median(r.ratios):.2f}x",
-          f"{min(r.ratios):.2f}-{max(r.ratios):.2f}x", str(r.commits_in_blocks)] for r in results])
+        ["model", "capture", "steps per arm", "flush every", "no capture, mean ms/step", "capture, mean ms/step",
+         "ratio (mean)", "rounds' middle half", "flushes (mean wall time)", "dropped steps"],
+        [[r.model, r.config, f"{r.base_steps} / {r.cap_steps}", f"{r.flush_steps} steps" if r.flushes else "-",
+          f"{1e3 * r.base_seconds / r.base_steps:.2f}", f"{1e3 * r.cap_seconds / r.cap_steps:.2f}", f"{r.ratio:.2f}x",
+          "{:.2f}-{:.2f}x".format(*_middle_half(r.round_ratios)),
+          f"{r.flushes} ({1e3 * r.flush_seconds / r.flushes:.0f} ms)" if r.flushes else "0", str(r.dropped)]
+         for r in results])
+
+
+def _middle_half(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -351,13 +457,18 @@ def sustained_part(sustained: list[Sustained]) -> str:
     if not sustained:
         return ""
     return f"""
-Sustained training: the same two models in long alternating blocks (mean step time per block),
-so that each captured block holds the writer's own flushes, which the short blocks above never
-see (they flush outside the timed steps). A flush writes every waiting step to the store through
-zarr, whose Python competes with training for the GIL; only the flush at the end of each
-captured block is left out.
+Sustained training: the writer flushes on its own, as in a long training, inside the captured
+blocks (the same alternating blocks, {len(sustained[0].round_ratios)} rounds; a captured block that ends
+while its writer flushes goes on until the flush is over, so each flush's cost lands in
+captured steps). The writer flushes every as many steps as the uncaptured model trains in 5 s
+(a run's `flush_seconds`: here the captured arm trains only half the wall time).
 
 {sustained_table(sustained)}
+
+- *ratio (mean)*: mean step with capture over mean step without, all blocks: what a long
+  training pays, flushes included. *rounds' middle half*: of the per-round ratios.
+- *steps per arm*: a captured arm trains more steps than the uncaptured one, those through its
+  flushes.
 """
 
 
@@ -368,16 +479,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--sustained-seconds", type=float, default=12.0,
-                    help="length of each block of the sustained measurement (0: skip it)")
-    ap.add_argument("--sustained-rounds", type=int, default=4)
+    ap.add_argument("--sustained-rounds", type=int, default=200,
+                    help="rounds of the sustained measurement (0: skip it)")
     ap.add_argument("--sustained-configs", nargs="*", default=["no hook (A/A)", "defaults"], choices=list(CONFIGS))
     ap.add_argument("--quick", action="store_true", help="2 rounds of 10 steps; print only")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "BENCHMARKS.md"))
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.block = 2, 10
-        args.sustained_seconds, args.sustained_rounds = min(args.sustained_seconds, 1.0), 2
+        args.sustained_rounds = min(args.sustained_rounds, 4)
     torch.set_num_threads(1)
     workdir = tempfile.mkdtemp(prefix="trainaudit-bench-capture-")
     results = []
@@ -390,13 +500,13 @@ def main() -> None:
                       f"| median {r.ratio_median:.2f}x mean {r.ratio_mean:.2f}x | flush {r.flush_ms_per_step:.2f} ms/step "
                       f"| {_size(r.bytes_per_step)}/step | dropped {r.dropped}", flush=True)
                 results.append(r)
-        for model in args.models if args.sustained_seconds > 0 else ():
+        for model in args.models if args.sustained_rounds > 0 else ():
             for config in [c for c in args.sustained_configs if c in args.configs]:
-                s = sustained_case(model, config, rounds=args.sustained_rounds, seconds=args.sustained_seconds,
+                s = sustained_case(model, config, rounds=args.sustained_rounds, block=args.block,
                                    batch=args.batch, workdir=workdir)
-                print(f"{model:>26} | {config:<22} | sustained {statistics.fmean(s.base_mean_ms):7.2f} ms -> "
-                      f"{statistics.fmean(s.cap_mean_ms):7.2f} ms | ratios {' '.join(f'{x:.2f}' for x in s.ratios)} "
-                      f"| commits in blocks {s.commits_in_blocks}", flush=True)
+                print(f"{model:>26} | {config:<22} | sustained {1e3 * s.base_seconds / s.base_steps:7.2f} ms -> "
+                      f"{1e3 * s.cap_seconds / s.cap_steps:7.2f} ms | mean {s.ratio:.2f}x | flushes {s.flushes} "
+                      f"| dropped {s.dropped}", flush=True)
                 sustained.append(s)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -114,15 +114,20 @@ THREAD_NICENESS = 10
 
 
 def lower_thread_priority() -> None:
-    """Lower the calling thread's scheduling priority (Linux: per-thread nice), so that when
-    the CPUs are busy the scheduler runs training before capture's writer and copier threads.
-    A no-op where the OS has no per-thread priorities."""
+    """Lower the calling thread's scheduling priority (Linux: per-thread nice) to
+    ``THREAD_NICENESS`` below the process's main thread, so that when the CPUs are busy the
+    scheduler runs training before capture's threads. (Relative to the main thread, not to the
+    caller: a thread started by a lowered thread inherits its priority. The store process's
+    main thread, started from the writer thread, lowers itself once more.) A no-op where the
+    OS has no per-thread priorities."""
     try:
         import os
         import threading
 
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + THREAD_NICENESS))
+        want = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + THREAD_NICENESS)
+        if os.getpriority(os.PRIO_PROCESS, tid) < want:
+            os.setpriority(os.PRIO_PROCESS, tid, want)
     except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
         pass
 

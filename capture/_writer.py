@@ -10,6 +10,8 @@ up: its steps are recorded as lost in the commit record, and capture goes on.
 The zarr side (opening, writing a batch, rewriting the commit record) is a
 :class:`._run_store.RunStore`, which for local and ``s3://`` runs lives in a store process of
 its own (:mod:`._store_process`), so a flush's zarr Python does not hold this process's GIL.
+The writer thread makes its store calls through a :class:`._flusher.Flusher`, so it goes on
+resolving steps while a batch is written.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 from . import _format as F
 from ._compat import HAS_FAST_STATS, fast_stats_many, lower_thread_priority, yield_gil
 from ._config import CaptureConfig
+from ._flusher import Flusher
 from ._run_store import ResolvedStep, RunStore
 from ._store_process import StoreProcess, StoreProcessGone
 
@@ -275,6 +278,7 @@ class RunWriter:
         # Counters the training thread may read; written by the writer thread (or on drops).
         self.errors: list[dict[str, Any]] = []
         self.n_errors = 0
+        self._errors_lock = threading.Lock()
         self.lost_steps: list[list[int]] = []
         self.dropped_steps: list[list[int]] = []
         self._drop_lock = threading.Lock()
@@ -390,13 +394,16 @@ class RunWriter:
         except Exception as exc:  # the store is unusable: keep draining so training goes on
             self._record_error("open", f"could not open the run for writing: {exc}")
         self._ready.set()
+        # From here on the store is called on the flusher's thread only (see _flusher).
+        flusher = Flusher(f"trainaudit-store-{self.run_id}-r{self.rank}")
         pending: list[StepRecord] = []
         pending_bytes = 0
         last_flush = last_poll = time.monotonic()
         cfg = self.config
         while True:
             now = time.monotonic()
-            timeout = max(0.01, min(cfg.flush_seconds - (now - last_flush), STOP_POLL_SECONDS - (now - last_poll)))
+            timeout = max(0.05 if flusher.busy else 0.01,
+                          min(cfg.flush_seconds - (now - last_flush), STOP_POLL_SECONDS - (now - last_poll)))
             rec: Any
             try:
                 rec = self._queue.get(timeout=timeout)
@@ -412,27 +419,31 @@ class RunWriter:
                     rec.items, rec.index = [], {}
                     pending.append(rec)
                     pending_bytes += rec.resolved.value_bytes
-            due = (
-                closing
-                or markers
-                or len(pending) >= cfg.flush_steps
-                or pending_bytes >= MAX_PENDING_VALUE_BYTES
-                or time.monotonic() - last_flush >= cfg.flush_seconds
-            )
-            if due:
+            must = closing or markers or pending_bytes >= MAX_PENDING_VALUE_BYTES or len(pending) >= 2 * cfg.flush_steps
+            due = must or len(pending) >= cfg.flush_steps or time.monotonic() - last_flush >= cfg.flush_seconds
+            if due and (must or not flusher.busy):
+                # While the last batch is still being written, steps wait for the next one,
+                # unless they must go now: memory stays bounded (at most one batch of values
+                # being written and one waiting), and flush() and close() write everything.
+                flusher.wait()
                 if pending or time.monotonic() - self._last_commit > HEARTBEAT_SECONDS or closing:
-                    self._flush(pending, final=closing)
+                    flusher.start(self._flush, pending, closing)
                 pending, pending_bytes = [], 0
-                last_flush = time.monotonic()
-            if due or time.monotonic() - last_poll >= STOP_POLL_SECONDS:
-                self._poll_stop()
+                last_flush = last_poll = time.monotonic()
+                flusher.start(self._poll_stop)
+            elif time.monotonic() - last_poll >= STOP_POLL_SECONDS and not flusher.busy:
+                flusher.start(self._poll_stop)
                 last_poll = time.monotonic()
             for ev in markers:
-                ev.set()
+                flusher.start(ev.set)  # after the flush above
             if closing:
-                if self._store is not None:
-                    self._store.close()
+                flusher.start(self._close_store)
+                flusher.stop()
                 return
+
+    def _close_store(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     def _open_store(self) -> None:
         """Start the store (a store process, unless the run is ``memory://`` or the config
@@ -487,7 +498,9 @@ class RunWriter:
         """Wait until the writer thread has opened (or failed to open) the run."""
         return self._ready.wait(timeout)
 
-    def _flush(self, pending: list[StepRecord], *, final: bool) -> None:
+    def _flush(self, pending: list[StepRecord], final: bool) -> None:
+        """Write ``pending`` and commit (on the flusher's thread); ``final`` marks the run
+        ``complete``. Never raises: what could not be written is recorded."""
         if not self._opened:
             # The run never opened: try again, else everything pending is lost.
             try:
@@ -658,13 +671,15 @@ class RunWriter:
         assert self._store is not None
         with self._drop_lock:
             dropped = [list(r) for r in self.dropped_steps]
+        with self._errors_lock:
+            n_errors, errors = self.n_errors, self.errors[-MAX_ERRORS_KEPT:]
         part: dict[str, Any] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": self._started,
             "heartbeat": time.time(),
-            "n_errors": self.n_errors,
-            "errors": self.errors[-MAX_ERRORS_KEPT:],
+            "n_errors": n_errors,
+            "errors": errors,
             "lost_steps": self.lost_steps,
             "dropped_steps": dropped,
         }
@@ -675,7 +690,8 @@ class RunWriter:
             self._noted_store_exit = True
             self._record_error("store", f"the store process ended ({note}); the training process writes the run "
                                "from then on (steps written after its last commit were written again)")
-            part["n_errors"], part["errors"] = self.n_errors, self.errors[-MAX_ERRORS_KEPT:]
+            with self._errors_lock:
+                part["n_errors"], part["errors"] = self.n_errors, self.errors[-MAX_ERRORS_KEPT:]
         self._store.commit(status, part)
         self._last_commit = time.monotonic()
         self.commits += 1
@@ -708,12 +724,14 @@ class RunWriter:
         return None  # pragma: no cover
 
     def _record_error(self, kind: str, message: str, **extra: Any) -> None:
+        """Record a capture error (from the writer thread or the flusher's)."""
         log.warning("trainaudit capture error (%s): %s", kind, message)
-        self.n_errors += 1
         err = {"time": time.time(), "rank": self.rank, "kind": kind, "message": message, **extra}
         if kind == "internal":
             err["traceback"] = traceback.format_exc(limit=5)
-        self.errors.append(err)
+        with self._errors_lock:
+            self.n_errors += 1
+            self.errors.append(err)
 
 
 class _Marker:

@@ -484,6 +484,45 @@ def test_full_queue_drops_steps_and_records_them(local_dir: str) -> None:
     assert run.lost == {0: {"lost_steps": [], "dropped_steps": [[2, 5]]}}
 
 
+@pytest.mark.parametrize("store_process", [False, True], ids=["in-process store", "store process"])
+def test_a_slow_store_write_holds_up_neither_the_writer_nor_training(local_dir: str, store_process: bool) -> None:
+    """While a batch is being written (here a write held for a while, as a slow S3 request or
+    a long flush would), the writer goes on resolving the steps that follow: the queue does
+    not fill, and no step is dropped."""
+    uri = os.path.join(local_dir, f"slow-store-{store_process}")
+    rec = Recorder(uri, config=CaptureConfig(queue_size=2, flush_seconds=0.05, store_process=store_process))
+    writer = rec.writer
+    assert writer.wait_ready(60)
+    store = writer._store
+    assert store is not None
+    entered, release = threading.Event(), threading.Event()
+    write_batch = store.write_batch
+
+    def held_write_batch(*args: Any) -> Any:
+        entered.set()
+        release.wait(30)
+        return write_batch(*args)
+
+    store.write_batch = held_write_batch  # type: ignore[method-assign]
+    rec.record("losses/loss", 0.0, collection="losses", step=0)
+    rec.end_step()
+    assert entered.wait(10)  # the first batch's write is held from here on
+    for s in range(1, 41):
+        rec.record("losses/loss", float(s), collection="losses", step=s)
+        rec.end_step()
+        time.sleep(0.005)
+    deadline = time.monotonic() + 10
+    while writer._queue.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer._queue.qsize() == 0 and not writer.dropped_steps  # resolved while the write waits
+    release.set()
+    rec.close()
+    run = open_run(uri)
+    assert run.steps().global_step.tolist() == list(range(41))
+    assert run.lost == {} and run.errors == []
+    np.testing.assert_array_equal(run.stats("losses/loss").field("max"), np.arange(41.0))
+
+
 # ---------------------------------------------------------------------------------- imports
 
 
